@@ -1,0 +1,133 @@
+"""Convergence gate and fit-quality measures of a calibration, from ArviZ diagnostics.
+
+Thresholds follow ArviZ's ``diagnose`` defaults and Vehtari et al. (2021): R-hat <= 1.01, bulk and
+tail ESS >= 100 per chain, no divergences, E-BFMI >= 0.3, and less than 1% of draws at the
+maximum tree depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import arviz as az
+import numpy as np
+import xarray as xr
+
+RHAT_WARN, RHAT_FAIL = 1.01, 1.05
+ESS_PER_CHAIN = 100
+BFMI_MIN = 0.3
+TREEDEPTH_SHARE_MAX = 0.01
+
+
+@dataclass(frozen=True)
+class ConvergenceReport:
+    """Outcome of the convergence gate.
+
+    Attributes
+    ----------
+    status : str
+        ``"ok"``, ``"warn"`` or ``"fail"``.
+    reasons : list of str
+        Why the status is not ``ok`` (empty when ok).
+    max_rhat, min_ess_bulk, min_ess_tail : float
+        Over every scalar of every sampled parameter (free variables, not deterministics).
+    divergences : int
+    min_bfmi : float
+    treedepth_share : float
+        Share of draws that hit the maximum tree depth.
+    """
+
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    max_rhat: float = float("nan")
+    min_ess_bulk: float = float("nan")
+    min_ess_tail: float = float("nan")
+    divergences: int = 0
+    min_bfmi: float = float("nan")
+    treedepth_share: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for attrs and reports."""
+        return asdict(self)
+
+
+def _min_over(ds: xr.Dataset) -> float:
+    return float(min(np.nanmin(ds[v].to_numpy()) for v in ds.data_vars))
+
+
+def _max_over(ds: xr.Dataset) -> float:
+    return float(max(np.nanmax(ds[v].to_numpy()) for v in ds.data_vars))
+
+
+def convergence_gate(idata: xr.DataTree, var_names: list[str]) -> ConvergenceReport:
+    """Apply the convergence gate to a NUTS fit.
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+        With ``posterior`` and ``sample_stats`` groups (chain, draw dims).
+    var_names : list of str
+        The sampled (free) parameters to check.
+
+    Returns
+    -------
+    ConvergenceReport
+        ``fail`` when R-hat > 1.05, ESS below 100 per chain, or any divergence with more than 1%
+        of draws divergent; ``warn`` for R-hat in (1.01, 1.05], a few divergences, low E-BFMI or
+        tree-depth saturation; ``ok`` otherwise.
+    """
+    posterior = idata["posterior"].to_dataset()[var_names]
+    chains = posterior.sizes["chain"]
+    n_draws = chains * posterior.sizes["draw"]
+    rhat = _max_over(az.rhat(posterior))
+    ess_bulk = _min_over(az.ess(posterior, method="bulk"))
+    ess_tail = _min_over(az.ess(posterior, method="tail"))
+    stats = idata["sample_stats"].to_dataset()
+    divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
+    bfmi = _min_over(az.bfmi(stats)) if "energy" in stats else float("nan")
+    depth_share = 0.0
+    if "reached_max_treedepth" in stats:
+        depth_share = float(stats["reached_max_treedepth"].mean())
+    fail, warn = [], []
+    if rhat > RHAT_FAIL:
+        fail.append(f"max R-hat {rhat:.3f} > {RHAT_FAIL}")
+    elif rhat > RHAT_WARN:
+        warn.append(f"max R-hat {rhat:.3f} > {RHAT_WARN}")
+    ess_min = ESS_PER_CHAIN * chains
+    for label, value in (("bulk", ess_bulk), ("tail", ess_tail)):
+        if value < ess_min:
+            (fail if value < ess_min / 4 else warn).append(f"min {label} ESS {value:.0f} < {ess_min}")
+    if divergences:
+        (fail if divergences > 0.01 * n_draws else warn).append(f"{divergences} divergent transitions")
+    if bfmi < BFMI_MIN:
+        warn.append(f"min E-BFMI {bfmi:.2f} < {BFMI_MIN}")
+    if depth_share > TREEDEPTH_SHARE_MAX:
+        warn.append(f"{depth_share:.1%} of draws hit the maximum tree depth")
+    status = "fail" if fail else ("warn" if warn else "ok")
+    return ConvergenceReport(status, fail + warn, rhat, ess_bulk, ess_tail, divergences, bfmi, depth_share)
+
+
+def fit_quality(idata: xr.DataTree) -> dict[str, float]:
+    """Fit error of the posterior-mean smile and posterior-predictive coverage of the bid-ask.
+
+    Returns
+    -------
+    dict
+        ``rmse_vol_points``: RMSE of posterior-mean model IV vs mid IV, in vol points (x100);
+        ``max_abs_error_vol_points``; ``pp_overlap_share``: share of quotes whose 94%
+        posterior-predictive interval of IV overlaps [bid IV, ask IV]; ``n_quotes``.
+    """
+    const = idata["constant_data"].to_dataset()
+    mid = idata["observed_data"]["iv_obs"].to_numpy()
+    model_mean = idata["posterior"]["iv_model"].mean(("chain", "draw")).to_numpy()
+    err = model_mean - mid
+    pp = idata["posterior_predictive"]["iv_obs"]
+    lo = pp.quantile(0.03, dim=("chain", "draw")).to_numpy()
+    hi = pp.quantile(0.97, dim=("chain", "draw")).to_numpy()
+    overlap = (hi >= const["bid_iv"].to_numpy()) & (lo <= const["ask_iv"].to_numpy())
+    return {
+        "rmse_vol_points": float(100 * np.sqrt(np.mean(err**2))),
+        "max_abs_error_vol_points": float(100 * np.max(np.abs(err))),
+        "pp_overlap_share": float(overlap.mean()),
+        "n_quotes": int(mid.size),
+    }

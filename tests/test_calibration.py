@@ -1,0 +1,146 @@
+"""End-to-end calibration: simulated-data recovery, the bundled chain, the CLI, save/load, real Deribit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import SNAPSHOT
+
+from bayescal.cli import main
+from bayescal.inference import fit
+from bayescal.market import bundled_demo_chain, read_chain
+from bayescal.market.quotes import make_quotes, prices_from_iv
+from bayescal.results import CalibrationResult
+from bayescal.spec import load_spec
+
+FAST = {"chains": 2, "draws": 300, "tune": 400}
+
+
+@pytest.fixture(scope="module")
+def demo_result():
+    spec = load_spec("svi").with_fit(**FAST)
+    return fit(spec, read_chain(bundled_demo_chain()), progressbar=False)
+
+
+def test_demo_fit_converges_and_fits(demo_result):
+    conv, quality = demo_result.convergence, demo_result.fit_quality
+    assert conv["status"] in ("ok", "warn"), conv["reasons"]
+    assert conv["max_rhat"] < 1.02
+    assert conv["divergences"] == 0
+    assert quality["n_quotes"] == 49
+    assert quality["rmse_vol_points"] < 1.0
+    assert quality["pp_overlap_share"] > 0.9
+
+
+def test_demo_result_layout(demo_result):
+    tree = demo_result.idata
+    for group in ("posterior", "sample_stats", "observed_data", "constant_data", "posterior_predictive", "quotes"):
+        assert group in tree.children, group
+    post = demo_result.posterior
+    assert post["svi_b"].dims == ("chain", "draw", "expiry") and post.sizes["expiry"] == 4
+    assert tree["posterior_predictive"]["iv_obs"].dims == ("chain", "draw", "quote")
+    # arbitrage-minded by construction: b >= 0, |rho| < 1, sigma > 0, min total variance >= 0
+    assert (post["svi_b"] >= 0).all() and (abs(post["svi_rho"]) < 1).all() and (post["svi_sigma"] > 0).all()
+    wmin = post["svi_a"] + post["svi_b"] * post["svi_sigma"] * np.sqrt(1 - post["svi_rho"] ** 2)
+    assert (wmin >= -1e-12).all()
+
+
+def test_save_load_round_trip(demo_result, tmp_path):
+    path = demo_result.save(tmp_path / "r.nc")
+    assert not list(tmp_path.glob(".*.tmp"))
+    loaded = CalibrationResult.load(path)
+    assert loaded.idata.identical(demo_result.idata)
+    assert loaded.convergence == demo_result.convergence
+    assert loaded.spec == demo_result.spec
+
+
+def _simulated_chain(truth: dict[str, np.ndarray], taus: np.ndarray, rng: np.random.Generator) -> xr.Dataset:
+    """Quotes from known raw SVI smiles with bid-ask spreads and mid noise inside them."""
+    rows = []
+    forward = 50_000.0
+    for e, tau in enumerate(taus):
+        k = np.linspace(-0.35, 0.3, 14) * np.sqrt(tau / 0.25)
+        km = k - truth["m"][e]
+        w = truth["a"][e] + truth["b"][e] * (truth["rho"][e] * km + np.sqrt(km**2 + truth["sigma"][e] ** 2))
+        iv = np.sqrt(w / tau)
+        half = 0.004 + 0.01 * np.abs(k)
+        mid = iv + rng.normal(0.0, 0.002, size=k.size)
+        strike = forward * np.exp(k)
+        cp = np.where(strike >= forward, 1, -1)
+        expiry = pd.Timestamp("2026-01-01T08:00:00Z") + pd.Timedelta(seconds=round(tau * 365 * 86400))
+        for i in range(k.size):
+            rows.append((f"SIM-{e}-{i}", expiry, strike[i], cp[i], mid[i] - half[i], mid[i] + half[i], forward, 1.0, tau))
+    frame = pd.DataFrame(rows, columns=["instrument", "expiry", "strike", "cp", "bid_iv", "ask_iv", "forward",
+                                        "discount_factor", "tau"])
+    args = [frame[c].to_numpy() for c in ("forward", "strike", "tau", "cp", "discount_factor")]
+    frame["bid"] = prices_from_iv(frame["bid_iv"].to_numpy(), *args)
+    frame["ask"] = prices_from_iv(frame["ask_iv"].to_numpy(), *args)
+    return make_quotes(frame, valuation_time=pd.Timestamp("2026-01-01T08:00:00Z"), underlying="SIM",
+                       source="simulated", fmt="simulated", premium_note="simulated", tau=frame["tau"].to_numpy())
+
+
+def test_parameter_recovery_on_simulated_smiles():
+    """Truth of every raw SVI parameter and of the ATM vol lies in its 94% posterior interval."""
+    rng = np.random.default_rng(7)
+    taus = np.array([0.05, 0.25, 1.0])
+    truth = {"a": np.array([0.010, 0.045, 0.18]), "b": np.array([0.05, 0.10, 0.18]),
+             "rho": np.array([-0.2, -0.1, 0.05]), "m": np.array([0.01, 0.02, 0.05]),
+             "sigma": np.array([0.08, 0.15, 0.3])}
+    spec = load_spec("svi").with_fit(chains=2, draws=500, tune=500, random_seed=3)
+    result = fit(spec, _simulated_chain(truth, taus, rng), progressbar=False)
+    assert result.convergence["status"] in ("ok", "warn"), result.convergence["reasons"]
+    post = result.posterior
+    lo, hi = post.quantile(0.03, ("chain", "draw")), post.quantile(0.97, ("chain", "draw"))
+    # the ATM total variance is what the data pin best: check it tightly
+    for e, tau in enumerate(taus):
+        km = -truth["m"][e]
+        w_true = truth["a"][e] + truth["b"][e] * (truth["rho"][e] * km + np.sqrt(km**2 + truth["sigma"][e] ** 2))
+        a, b, rho, m, s = (post[f"svi_{n}"].isel(expiry=e) for n in ("a", "b", "rho", "m", "sigma"))
+        w_atm = a + b * (rho * (-m) + np.sqrt(m**2 + s**2))
+        q = np.quantile(w_atm.to_numpy(), [0.03, 0.97])
+        assert q[0] <= w_true <= q[1]
+        assert (q[1] - q[0]) / w_true < 0.1
+    misses = sum(
+        not (float(lo[f"svi_{n}"][e]) <= truth[n][e] <= float(hi[f"svi_{n}"][e]))
+        for n in truth for e in range(len(taus))
+    )
+    assert misses <= 1  # 15 intervals at 94%: one miss is within sampling variation
+
+
+def test_cli_calibrate_demo(tmp_path, capsys):
+    code = main(["calibrate", "--demo", "--out", str(tmp_path), "--chains", "2", "--draws", "200", "--tune", "300",
+                 "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("result.nc", "summary.csv", "quotes.csv", "report.html"):
+        assert (tmp_path / name).is_file(), name
+    assert len(list((tmp_path / "figures").glob("smile_*.png"))) == 4
+    assert "convergence:" in out and "RMSE" in out and "report:" in out
+    summary = pd.read_csv(tmp_path / "summary.csv", index_col=0)
+    assert {"mean", "sd", "r_hat", "ess_bulk"} <= set(summary.columns)
+    assert "svi_a[2021-11-07T20:03]" in summary.index or any(i.startswith("svi_a[") for i in summary.index)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["calibrate", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["calibrate", "--demo", "--model", "nosuch", "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_deribit_btc_snapshot_full_fit(shared_data):
+    """The issue's target on the real 2025-12-30 BTC chain: 4 x 1000 draws, every expiry with >= 5 OTM quotes."""
+    result = fit(load_spec("svi"), read_chain(SNAPSHOT, underlying="BTC"), progressbar=False)
+    conv, quality = result.convergence, result.fit_quality
+    print(conv, quality, result.timings)
+    assert result.posterior.sizes["expiry"] == 10
+    assert conv["max_rhat"] <= 1.01
+    assert conv["min_ess_bulk"] >= 400
+    assert conv["divergences"] == 0
+    assert quality["rmse_vol_points"] < 1.5
+    assert quality["pp_overlap_share"] > 0.9

@@ -1,0 +1,305 @@
+"""Black-76 / Black-Scholes-Merton kernels against shared/reference/black_scholes_black76.json.
+
+Every price comes from :func:`bayescal.kernels.black76_price`; every greek is ``pytensor.grad`` of
+that price graph with respect to the spot/forward, volatility, time or rate input (no hand-written
+greek formula anywhere). All reference cases are evaluated in one vectorised call of one compiled
+function per model (the cases are independent, so the gradient of the summed price with respect
+to an input vector is the vector of per-case derivatives).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.gradient import verify_grad
+
+from bayescal.kernels import black76_norm_price, black76_price, norm_cdf
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "black_scholes_black76.json"
+CASES = json.loads(REFERENCE.read_text())["cases"]
+CASES_BY_ID = {c["id"]: c for c in CASES}
+#: The reference cases run under PyTensor's default mode (the rewrites and backend models use);
+#: property checks and verify_grad use FAST_COMPILE so a cold compile cache stays fast.
+FAST = "FAST_COMPILE"
+
+# quantity -> (output name, scale) on top of the per-model outputs below
+QUANTITIES = {
+    "price": ("price", 1.0),
+    "price_undiscounted": ("price_undiscounted", 1.0),
+    "normalised_price": ("normalised_price", 1.0),
+    "delta": ("delta", 1.0),
+    "gamma": ("gamma", 1.0),
+    "vega": ("vega", 1.0),
+    "vega_per_pct": ("vega", 0.01),
+    "theta": ("theta", 1.0),
+    "theta_per_day": ("theta", 1.0 / 365.0),
+    "rho": ("rho", 1.0),
+    "rho_per_pct": ("rho", 0.01),
+    "dividend_rho": ("dividend_rho", 1.0),
+    "elasticity": ("elasticity", 1.0),
+}
+OUTPUTS = (
+    "price",
+    "price_undiscounted",
+    "normalised_price",
+    "delta",
+    "gamma",
+    "vega",
+    "theta",
+    "rho",
+    "dividend_rho",
+    "elasticity",
+)
+
+
+def _passes(x: float, case: dict) -> bool:
+    tol = case["tolerance"]
+    expected = case["expected_value"]
+    if case.get("comparison") == "lower_bound":
+        return x >= expected - tol["abs"]
+    return abs(x - expected) <= tol["abs"] + tol["rel"] * abs(expected)
+
+
+def _greek_graph(model: str):
+    """Compiled function: vectors of case inputs -> all outputs, greeks by pytensor.grad."""
+    s = pt.dvector("spot_or_forward")
+    strike = pt.dvector("strike")
+    tau = pt.dvector("tau")
+    r = pt.dvector("rate")
+    q = pt.dvector("dividend_yield")
+    vol = pt.dvector("vol")
+    cp = pt.dvector("cp")
+    disc = pt.exp(-r * tau)
+    if model == "black_scholes_merton":
+        forward = s * pt.exp((r - q) * tau)  # spot model in forward form, Merton (1973)
+    else:  # black76: the futures price is an input, held fixed by every greek
+        forward = s
+    price = black76_price(forward, strike, tau, vol, cp, disc)
+    undisc = black76_price(forward, strike, tau, vol, cp)
+    total = price.sum()
+    delta = pytensor.grad(total, s)
+    outputs = {
+        "price": price,
+        "price_undiscounted": undisc,
+        "normalised_price": undisc / pt.sqrt(forward * strike),  # Jaeckel's b = price/sqrt(F K)
+        "delta": delta,
+        "gamma": pytensor.grad(delta.sum(), s),
+        "vega": pytensor.grad(total, vol),
+        "theta": -pytensor.grad(total, tau),
+        "rho": pytensor.grad(total, r),
+        "dividend_rho": pytensor.grad(total, q, disconnected_inputs="ignore"),
+        "elasticity": delta * s / price,
+    }
+    return pytensor.function(
+        [s, strike, tau, r, q, vol, cp], [outputs[name] for name in OUTPUTS], on_unused_input="ignore"
+    )
+
+
+def _inputs(case: dict) -> tuple[float, ...]:
+    p = case["params"]
+    tau = float(p["maturity_years"])
+    if "rate" in p:
+        rate = float(p["rate"])
+    elif "discount_factor" in p:
+        rate = -math.log(float(p["discount_factor"])) / tau
+    else:  # normalised / undiscounted cases carry no rate
+        rate = 0.0
+    spot = float(p["spot"] if case["model"] == "black_scholes_merton" else p["forward"])
+    cp = 1.0 if case["option_type"] == "call" else -1.0
+    return (spot, float(p["strike"]), tau, rate, float(p.get("dividend_yield", 0.0)), float(p["volatility"]), cp)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, float]]:
+    """Evaluate every case in one call per model; {case id: {output name: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for model in ("black_scholes_merton", "black76"):
+        cases = [c for c in CASES if c["model"] == model]
+        if not cases:
+            continue
+        columns = np.array([_inputs(c) for c in cases], dtype=np.float64).T
+        values = _greek_graph(model)(*columns)
+        for i, case in enumerate(cases):
+            out[case["id"]] = {name: float(v[i]) for name, v in zip(OUTPUTS, values, strict=True)}
+    return out
+
+
+def test_reference_file_complete():
+    assert len(CASES) == 68
+    assert {c["model"] for c in CASES} <= {"black_scholes_merton", "black76"}
+    assert {c["quantity"] for c in CASES} <= set(QUANTITIES)
+
+
+@pytest.mark.parametrize("case_id", list(CASES_BY_ID))
+def test_reference_case(case_id: str, results):
+    case = CASES_BY_ID[case_id]
+    name, scale = QUANTITIES[case["quantity"]]
+    x = results[case_id][name] * scale
+    expected = case["expected_value"]
+    tol = case["tolerance"]
+    assert _passes(x, case), (
+        f"{case_id}: {case['quantity']} = {x!r}, expected {expected!r} "
+        f"(|diff| = {abs(x - expected):.3e}, tol abs {tol['abs']} rel {tol['rel']})"
+    )
+
+
+def test_normalised_price_from_jaeckel_variables():
+    """b(x, s) with x = ln(F/K), s = sigma sqrt(T) straight from the case params."""
+    for case in CASES:
+        if case["quantity"] != "normalised_price":
+            continue
+        p = case["params"]
+        cp = 1.0 if case["option_type"] == "call" else -1.0
+        k, w = -p["x"], p["s"] ** 2
+        b = float((black76_norm_price(k, w, cp) * np.exp(-k / 2.0)).eval(mode=FAST))
+        assert _passes(b, case), (case["id"], b, case["expected_value"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties of the normalised price c(k, w, cp)
+# ---------------------------------------------------------------------------------------------
+
+K_GRID = np.linspace(-3.0, 3.0, 61)
+W_GRID = np.array([1e-6, 1e-3, 0.01, 0.04, 0.25, 1.0, 4.0])
+
+
+@pytest.fixture(scope="module")
+def norm_price_fn():
+    """Compiled c(k, w, cp) with its gradient in k and w (elementwise)."""
+    k = pt.dvector("k")
+    w = pt.dvector("w")
+    cp = pt.dvector("cp")
+    c = black76_norm_price(k, w, cp)
+    dk, dw = pytensor.grad(c.sum(), [k, w])
+    return pytensor.function([k, w, cp], [c, dk, dw], mode=FAST)
+
+
+def _grid():
+    kk, ww = np.meshgrid(K_GRID, W_GRID, indexing="ij")
+    return kk.ravel(), ww.ravel()
+
+
+def test_put_call_parity_and_bounds(norm_price_fn):
+    k, w = _grid()
+    call = norm_price_fn(k, w, np.ones_like(k))[0]
+    put = norm_price_fn(k, w, -np.ones_like(k))[0]
+    assert np.all(np.abs((call - put) + np.expm1(k)) <= 4e-16 * (1.0 + np.exp(k)))
+    ulps = 4e-16 * (1.0 + np.exp(k))  # a few ulps of the intrinsic value
+    assert np.all(call >= np.maximum(-np.expm1(k), 0.0) - ulps)
+    assert np.all(call <= 1.0)
+    assert np.all(put >= np.maximum(np.expm1(k), 0.0) - ulps)
+    assert np.all(put <= np.exp(k) + ulps)
+
+
+def test_increasing_in_total_variance(norm_price_fn):
+    k, w = _grid()
+    for cp in (1.0, -1.0):
+        c, _, dw = norm_price_fn(k, w, np.full_like(k, cp))
+        assert np.all(dw >= 0.0)
+        c = c.reshape(len(K_GRID), len(W_GRID))
+        assert np.all(np.diff(c, axis=1) >= 0.0)
+        # strictly for out-of-the-money options (all time value) wherever it has not underflowed
+        otm = c[cp * K_GRID >= 0.0]
+        resolved = otm[:, 1:] > 1e-250
+        assert resolved.sum() > 0.75 * resolved.size
+        assert np.all(np.diff(otm, axis=1)[resolved] > 0.0)
+
+
+def test_decreasing_and_convex_in_strike(norm_price_fn):
+    """Call price in units of F as a function of K = F e^k: C' <= 0 and C'' >= 0."""
+    strikes = np.linspace(0.2, 3.0, 281)  # F = 1
+    k = np.log(strikes)
+    for w in (0.001, 0.04, 0.5):
+        c, dk, _ = norm_price_fn(k, np.full_like(k, w), np.ones_like(k))
+        dc_dstrike = dk / strikes  # chain rule dk/dK = 1/K
+        assert np.all(dc_dstrike <= 0.0)
+        assert np.all(dc_dstrike >= -1.0 - 1e-15)
+        assert np.all(np.diff(c) <= 0.0)
+        assert np.all(np.diff(c, 2) >= -1e-15)
+
+
+def test_matches_textbook_formula_and_autodiff_delta(norm_price_fn):
+    """c against cp (N(cp d1) - e^k N(cp d2)) (math.erfc) and dc/dk against -cp e^k N(cp d2)."""
+    k, w = _grid()
+    for cp in (1.0, -1.0):
+        c, dk, _ = norm_price_fn(k, w, np.full_like(k, cp))
+        s = np.sqrt(w)
+        d1 = -k / s + s / 2
+        d2 = d1 - s
+        ncdf = np.vectorize(lambda x: 0.5 * math.erfc(-x / math.sqrt(2.0)))
+        ref = cp * (ncdf(cp * d1) - np.exp(k) * ncdf(cp * d2))
+        scale = 1.0 + np.exp(k)
+        assert np.all(np.abs(c - ref) <= 1e-12 * np.abs(ref) + 2e-15 * scale)
+        delta_ref = -cp * np.exp(k) * ncdf(cp * d2)
+        assert np.all(np.abs(dk - delta_ref) <= 1e-10 * np.abs(delta_ref) + 1e-15 * scale)
+
+
+def test_verify_grad_k_and_w():
+    rng = np.random.default_rng(20240101)
+    k0 = np.array([-1.2, -0.3, -0.05, 0.02, 0.4, 1.5])
+    w0 = np.array([0.3, 0.05, 0.01, 0.02, 0.12, 0.9])
+    for cp in (1.0, -1.0):
+        verify_grad(
+            lambda k, w, cp=cp: black76_norm_price(k, w, cp), [k0, w0], rng=rng, abs_tol=1e-7, rel_tol=1e-6, mode=FAST
+        )
+
+
+def test_finite_value_and_gradient_far_strikes_tiny_variance(norm_price_fn):
+    k = np.array([-5.0, 5.0, -5.0, 5.0, -5.0, 5.0, 0.0, 0.0, -5.0, 5.0])
+    w = np.array([1e-8, 1e-8, 1e-8, 1e-8, 0.04, 0.04, 1e-8, 0.0, 0.0, 0.0])
+    for cp in (1.0, -1.0):
+        c, dk, dw = norm_price_fn(k, w, np.full_like(k, cp))
+        assert np.all(np.isfinite(c)) and np.all(np.isfinite(dk)) and np.all(np.isfinite(dw))
+        intrinsic = np.maximum(-cp * np.expm1(k), 0.0)
+        tiny = w <= 1e-8
+        np.testing.assert_allclose(c[tiny & (k != 0)], intrinsic[tiny & (k != 0)], rtol=1e-15, atol=0)
+    # ATM with tiny variance: c = 2 N(sqrt(w)/2) - 1 ~ sqrt(w / (2 pi))
+    c_atm = norm_price_fn(np.array([0.0]), np.array([1e-8]), np.array([1.0]))[0][0]
+    assert c_atm == pytest.approx(math.sqrt(1e-8 / (2 * math.pi)), rel=1e-7)
+
+
+def test_gradient_of_quote_price_is_finite_at_extremes():
+    forward, strike, tau, iv = pt.dscalars("forward", "strike", "tau", "iv")
+    price = black76_price(forward, strike, tau, iv, 1.0, 0.9)
+    f = pytensor.function(
+        [forward, strike, tau, iv], [price, *pytensor.grad(price, [forward, strike, tau, iv])], mode=FAST
+    )
+    for k in (-5.0, 5.0):
+        for w in (1e-8, 0.04):
+            values = f(100.0, 100.0 * math.exp(k), 0.25, math.sqrt(w / 0.25))
+            assert all(np.isfinite(v) for v in values)
+
+
+def test_norm_cdf_tail_accuracy():
+    # relative accuracy in the far lower tail (no 1 - N(-x) cancellation); the tolerance allows
+    # for the conditioning of erfc (relative error ~ x**2 * eps from rounding the argument)
+    x = np.array([-37.0, -20.0, -8.0, -1.0, 0.0, 1.0, 8.0])
+    ref = np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x])
+    np.testing.assert_allclose(norm_cdf(x).eval(mode=FAST), ref, rtol=1e-12, atol=0)
+
+
+def test_rejects_invalid_constant_inputs():
+    with pytest.raises(ValueError, match="cp"):
+        black76_norm_price(0.0, 0.04, 0)
+    with pytest.raises(ValueError, match="w"):
+        black76_norm_price(0.0, -0.04, 1)
+    with pytest.raises(ValueError, match="forward"):
+        black76_price(0.0, 100.0, 1.0, 0.2, 1)
+    with pytest.raises(ValueError, match="discount_factor"):
+        black76_price(100.0, 100.0, 1.0, 0.2, 1, discount_factor=-1.0)
+
+
+def test_broadcasting():
+    k = np.linspace(-0.5, 0.5, 3)[:, None]
+    w = np.array([0.01, 0.04, 0.09, 0.16])
+    c = black76_norm_price(k, w, np.array([1, -1, 1, -1])).eval(mode=FAST)
+    assert c.shape == (3, 4)
+    p = black76_price(100.0, np.array([[90.0], [110.0]]), np.array([0.5, 1.0, 2.0]), 0.3, 1).eval(mode=FAST)
+    assert p.shape == (2, 3)
+    assert np.all(np.isfinite(p))
