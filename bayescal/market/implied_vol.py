@@ -504,7 +504,9 @@ def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
 
     ``D [cp F N(cp d1) - cp K N(cp d2)]`` with ``d1,2 = ln(F/K)/s +- s/2`` and ``s = iv sqrt(tau)``
     ([B76]_), evaluated as ``D (sqrt(F K) b(x, s) + max(cp (F - K), 0))`` with Jaeckel's
-    normalised OTM price ``b`` computed without cancellation (module docstring).
+    normalised OTM price ``b`` computed without cancellation (module docstring). The relative error
+    of the OTM part is a few ulps times ``1 + |ln b|`` (the conditioning of ``b`` in its inputs),
+    e.g. about 1e-14 for a premium of 1e-20 in units of ``sqrt(F K)``.
 
     Parameters
     ----------
