@@ -45,7 +45,9 @@ class IVLikelihood:
         super().__init_subclass__(**kwargs)
         LIKELIHOODS[cls.lookup_name] = cls
 
-    def noise(self, priors: PriorSet, half_spread_iv: pt.TensorVariable, expiry_idx: pt.TensorVariable) -> pt.TensorVariable:
+    def noise(
+        self, priors: PriorSet, half_spread_iv: pt.TensorVariable, expiry_idx: pt.TensorVariable
+    ) -> pt.TensorVariable:
         """Per-quote noise scale (decimal vol); creates ``sigma_obs`` with dims ``expiry``."""
         from bayescal.pricing_models import with_dims
 

@@ -15,12 +15,11 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import xarray as xr
+from pymc_extras.prior import Prior
 
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
 from bayescal.kernels.svi import svi_raw_total_variance
-from pymc_extras.prior import Prior
-
 from bayescal.priors import PriorSet
 
 REGISTRY: dict[str, type[PricingModel]] = {}
@@ -148,7 +147,10 @@ class SviRaw(PricingModel):
         return pytensor.function([k, a, b, rho, m, sigma], svi_raw_total_variance(k, a, b, rho, m, sigma))
 
     def implied_vol_on_grid(self, posterior, expiry, k, tau):  # noqa: D102 (documented on the base)
-        raw = [posterior[f"{self.prefix}_{n}"].isel({EXPIRY_DIM: expiry}).to_numpy() for n in ("a", "b", "rho", "m", "sigma")]
+        raw = [
+            posterior[f"{self.prefix}_{n}"].isel({EXPIRY_DIM: expiry}).to_numpy()
+            for n in ("a", "b", "rho", "m", "sigma")
+        ]
         shape = raw[0].shape
         flat = [r.reshape(-1, 1) for r in raw]
         w = self._w_function(np.asarray(k, float), *flat)

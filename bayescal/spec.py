@@ -150,7 +150,9 @@ def load_spec(ref: str | Path) -> CalibrationSpec:
         One error listing every problem (unknown keys, unknown model or likelihood, a prior set
         that does not cover the model's parameters exactly once, invalid fit settings, ...).
     """
-    from bayescal.pricing_models import REGISTRY  # registry import kept local: pricing models import PyMC
+    from bayescal.pricing_models import (
+        REGISTRY,  # registry import kept local: pricing models import PyMC
+    )
 
     path = resolve_spec_path(ref)
     try:

@@ -6,7 +6,12 @@ Public entry points: :func:`read_chain` (format detected from the columns), :fun
 
 from bayescal.market.filters import FilterSettings, filter_quotes, used_quotes
 from bayescal.market.implied_vol import black76_price, implied_vol_black76
-from bayescal.market.io import KNOWN_FORMATS, bundled_demo_chain, detect_format, read_chain
+from bayescal.market.io import (
+    KNOWN_FORMATS,
+    bundled_demo_chain,
+    detect_format,
+    read_chain,
+)
 
 __all__ = [
     "KNOWN_FORMATS",

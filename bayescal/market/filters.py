@@ -129,7 +129,8 @@ def filter_quotes(quotes: xr.Dataset, settings: FilterSettings | None = None) ->
         if 0 < in_e.sum() < settings.min_quotes_per_expiry:
             few |= in_e
     _apply(
-        _Step("min_quotes_per_expiry", QuoteStatus.FEW_QUOTES, f"min_quotes_per_expiry={settings.min_quotes_per_expiry}", few),
+        _Step("min_quotes_per_expiry", QuoteStatus.FEW_QUOTES,
+              f"min_quotes_per_expiry={settings.min_quotes_per_expiry}", few),
         status,
         report,
     )

@@ -43,7 +43,9 @@ def _cp_from_option_type(values: pd.Series, source: str) -> np.ndarray:
     return lowered.map(mapping).to_numpy(np.int8)
 
 
-def _select_underlying(frame: pd.DataFrame, column: str, underlying: str | None, source: str) -> tuple[pd.DataFrame, str]:
+def _select_underlying(
+    frame: pd.DataFrame, column: str, underlying: str | None, source: str
+) -> tuple[pd.DataFrame, str]:
     available = sorted(frame[column].astype(str).unique())
     if underlying is None:
         if len(available) != 1:
@@ -119,7 +121,10 @@ def read_bidask_iv(path: Path, frame: pd.DataFrame, underlying: str | None) -> x
     expiry = valuation_time + pd.to_timedelta(np.round(tau * 365.0 * 86400.0), unit="s")
     canonical = pd.DataFrame(
         {
-            "instrument": [f"{name}-{s}-{int(K)}-{'C' if c > 0 else 'P'}" for s, K, c in zip(frame["slice_id"], strike, cp, strict=True)],
+            "instrument": [
+                f"{name}-{s}-{int(K)}-{'C' if c > 0 else 'P'}"
+                for s, K, c in zip(frame["slice_id"], strike, cp, strict=True)
+            ],
             "expiry": expiry,
             "strike": strike,
             "cp": cp,
