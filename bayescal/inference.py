@@ -6,6 +6,7 @@ sampling -> posterior predictive -> convergence gate -> :class:`~bayescal.result
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -96,7 +97,7 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
             draws=cfg.draws,
             tune=cfg.tune,
             chains=cfg.chains,
-            cores=min(cfg.chains, 2),
+            cores=min(cfg.chains, os.cpu_count() or 1),
             random_seed=cfg.random_seed,
             nuts_sampler="nutpie",
             nuts={"target_accept": cfg.target_accept},

@@ -108,9 +108,9 @@ def read_bidask_iv(path: Path, frame: pd.DataFrame, underlying: str | None) -> x
     """
     source = str(path)
     name = (underlying or "BTC").upper()
-    valuation_time = pd.Timestamp(DEMO_VALUATION_TIME) if path.name == DEMO_CHAIN_NAME else pd.Timestamp(
-        "1970-01-01T00:00:00+00:00"
-    )
+    is_demo = path.name == DEMO_CHAIN_NAME
+    # the format carries tau but no timestamps: only the bundled chain's date is known (from its source)
+    valuation_time = pd.Timestamp(DEMO_VALUATION_TIME if is_demo else "1970-01-01T00:00:00+00:00")
     tau = frame["ttm_years"].to_numpy(float)
     forward = frame["forward"].to_numpy(float)
     strike = frame["strike"].to_numpy(float)
@@ -144,7 +144,11 @@ def read_bidask_iv(path: Path, frame: pd.DataFrame, underlying: str | None) -> x
         tau=tau,
         bid_iv=np.where(bid_iv > 0, bid_iv, np.nan),
         ask_iv=np.where(ask_iv > 0, ask_iv, np.nan),
-        extra_attrs={"valuation_time_note": "date from the source; time of day unknown, tau as given"},
+        extra_attrs={
+            "valuation_time_note": "date from the source; time of day unknown, tau as given"
+            if is_demo
+            else "the file has no timestamps: valuation time is a placeholder (epoch), tau as given"
+        },
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayescal.conventions import DAY_COUNT, QUOTE_DIM, SECONDS_PER_YEAR, QuoteStatus
+from bayescal.conventions import DAY_COUNT, QUOTE_DIM, SECONDS_PER_YEAR, IVStatus, QuoteStatus
 from bayescal.errors import QuoteValidationError
 from bayescal.market.implied_vol import black76_price, implied_vol_black76
 
@@ -171,8 +171,6 @@ def _codes_attr() -> str:
 
 
 def _codes_attr_iv() -> str:
-    from bayescal.conventions import IVStatus
-
     return json.dumps({s.name.lower(): int(s) for s in IVStatus})
 
 
