@@ -178,7 +178,7 @@ def used_quotes(quotes: xr.Dataset) -> xr.Dataset:
     -------
     xarray.Dataset
         Quotes sorted by expiry then strike, with an extra ``expiry_idx`` variable (0-based index
-        into the sorted unique expiries) and coordinate ``expiry_label`` (ISO dates).
+        into the sorted unique expiries; labels from :func:`bayescal.inference.expiry_labels`).
 
     Raises
     ------
@@ -199,7 +199,6 @@ def used_quotes(quotes: xr.Dataset) -> xr.Dataset:
         if not np.all(np.isfinite(values)):
             bad = ok["instrument"].to_numpy()[~np.isfinite(values)]
             raise QuoteValidationError(f"non-finite {name} on used quotes {list(bad)[:5]}")
-    expiries, expiry_idx = np.unique(ok["expiry"].to_numpy(), return_inverse=True)
+    _, expiry_idx = np.unique(ok["expiry"].to_numpy(), return_inverse=True)
     ok["expiry_idx"] = (QUOTE_DIM, expiry_idx.astype(np.int64))
-    ok.attrs["expiries"] = json.dumps([str(np.datetime_as_string(e, unit="s")) for e in expiries])
     return ok
