@@ -26,7 +26,7 @@ class ConvergenceReport:
     Attributes
     ----------
     status : str
-        ``"ok"``, ``"warn"`` or ``"fail"``.
+        ``"ok"``, ``"warn"`` or ``"fail"`` for NUTS; ``"approximate"`` for approximate methods.
     reasons : list of str
         Why the status is not ``ok`` (empty when ok).
     max_rhat, min_ess_bulk, min_ess_tail : float
@@ -105,6 +105,17 @@ def convergence_gate(idata: xr.DataTree, var_names: list[str]) -> ConvergenceRep
         warn.append(f"{depth_share:.1%} of draws hit the maximum tree depth")
     status = "fail" if fail else ("warn" if warn else "ok")
     return ConvergenceReport(status, fail + warn, rhat, ess_bulk, ess_tail, divergences, bfmi, depth_share)
+
+
+def approximate_gate(method: str) -> ConvergenceReport:
+    """Gate of an approximate fit (ADVI, Pathfinder, MAP + Laplace): status ``approximate``.
+
+    MCMC diagnostics do not apply; the report says so, and reports and the CLI label the fit.
+    """
+    return ConvergenceReport(
+        "approximate",
+        [f"{method} is an approximation: no MCMC diagnostics; bands may understate uncertainty"],
+    )
 
 
 def fit_quality(idata: xr.DataTree) -> dict[str, float]:

@@ -33,3 +33,7 @@ class CalibrationError(BayescalError, RuntimeError):
 
 class CalibrationWarning(UserWarning):
     """A calibration ran but its result needs attention (convergence gate not ``ok``)."""
+
+
+class IncomparableResultsError(BayescalError, ValueError):
+    """Results compared by LOO were not fitted to the same quotes (or lack a log-likelihood)."""

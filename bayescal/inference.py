@@ -13,13 +13,14 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
+from bayescal.arbitrage import arbitrage_free_share
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM
-from bayescal.diagnostics import convergence_gate, fit_quality
+from bayescal.diagnostics import approximate_gate, convergence_gate, fit_quality
 from bayescal.errors import QuoteValidationError
 from bayescal.market.filters import filter_quotes, used_quotes
 from bayescal.pricing_models import get_pricing_model
 from bayescal.results import CalibrationResult
-from bayescal.spec import CalibrationSpec
+from bayescal.spec import CalibrationSpec, FitConfig
 
 
 def expiry_labels(used: xr.Dataset) -> list[str]:
@@ -27,20 +28,34 @@ def expiry_labels(used: xr.Dataset) -> list[str]:
     return [str(np.datetime_as_string(e, unit="m")) for e in np.unique(used["expiry"].to_numpy())]
 
 
+def _black_vega_norm(k: np.ndarray, tau: np.ndarray, iv: np.ndarray) -> np.ndarray:
+    """Vega of the normalised Black-76 price per unit vol: ``phi(d1) sqrt(tau)`` (Black 1976)."""
+    s = iv * np.sqrt(tau)
+    d1 = -k / s + 0.5 * s
+    return np.exp(-0.5 * d1 * d1) / np.sqrt(2.0 * np.pi) * np.sqrt(tau)
+
+
 def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
     """The PyMC model of ``spec`` on the used quotes (output of :func:`bayescal.market.used_quotes`).
 
-    Data enter through ``pm.Data`` (``k``, ``tau``, ``expiry_idx``, ``tau_expiry``, ``bid_iv``,
-    ``ask_iv``, ``half_spread_iv``, ``strike``, ``forward``), so they are stored as
-    ``constant_data``. Deterministic ``iv_model`` (dims ``quote``) is the model IV; ``iv_obs`` is
-    the observed mid IV.
+    Data enter through ``pm.Data`` (``k``, ``tau``, ``cp``, ``expiry_idx``, ``tau_expiry``,
+    ``bid_iv``, ``ask_iv``, ``half_spread_iv``, ``strike``, ``forward``), so they are stored as
+    ``constant_data``. Deterministic ``iv_model`` (dims ``quote``) is the model IV and ``iv_obs``
+    the observed mid IV, for every model.
+
+    Price-output models (Heston, Bates, Merton) are linked to the IV likelihood by the first-order
+    (vega) map around the mid: ``iv_model = mid_iv + (c_model - c_mid) / vega_mid`` with ``c`` the
+    undiscounted normalised price and ``vega_mid = phi(d1) sqrt(tau)`` at the mid IV. This is the
+    usual vega-weighted price error; it keeps one observable (mid IV) across all models, so their
+    log-likelihoods are comparable (LOO), and needs no implied-vol inversion inside the graph.
+    The model price itself is stored as ``norm_price_model``.
 
     Raises
     ------
     QuoteValidationError
         If quotes of one expiry disagree on tau (by more than a second).
     """
-    pricing = get_pricing_model(spec.model)
+    pricing = get_pricing_model(spec.model, **spec.model_settings)
     idx = used["expiry_idx"].to_numpy()
     tau = used["tau"].to_numpy()
     n_expiry = int(idx.max()) + 1
@@ -49,22 +64,97 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
     if np.any(spread_in_tau > 1.0 / (365 * 86400)):
         raise QuoteValidationError(f"quotes of one expiry disagree on tau by up to {spread_in_tau.max():.3g} years")
     coords = {EXPIRY_DIM: expiry_labels(used), QUOTE_DIM: used[QUOTE_DIM].to_numpy()}
+    mid_iv = used["mid_iv"].to_numpy()
     with pm.Model(coords=coords) as model:
         data = {
             name: pm.Data(name, used[name].to_numpy(), dims=QUOTE_DIM)
-            for name in ("k", "tau", "expiry_idx", "bid_iv", "ask_iv", "strike", "forward")
+            for name in ("k", "tau", "cp", "expiry_idx", "bid_iv", "ask_iv", "strike", "forward")
         }
         half_spread = pm.Data("half_spread_iv", 0.5 * (used["ask_iv"] - used["bid_iv"]).to_numpy(), dims=QUOTE_DIM)
         tau_e = pm.Data("tau_expiry", tau_expiry, dims=EXPIRY_DIM)
-        iv_model = pricing.implied_vol(spec.prior_set, data["k"], data["tau"], data["expiry_idx"], tau_e)
-        iv_model = pm.Deterministic("iv_model", iv_model, dims=QUOTE_DIM)
+        out = pricing.model_output(spec.prior_set, data["k"], data["tau"], data["cp"], data["expiry_idx"], tau_e)
+        if pricing.output == "norm_price":
+            out = pm.Deterministic("norm_price_model", out, dims=QUOTE_DIM)
+            c_mid = pm.Data("norm_mid", used["norm_mid"].to_numpy(), dims=QUOTE_DIM)
+            vega = pm.Data("vega_mid", _black_vega_norm(used["k"].to_numpy(), tau, mid_iv), dims=QUOTE_DIM)
+            out = mid_iv + (out - c_mid) / vega
+        iv_model = pm.Deterministic("iv_model", out, dims=QUOTE_DIM)
         noise = spec.likelihood.noise(spec.prior_set, half_spread, data["expiry_idx"])
-        spec.likelihood.observe(iv_model, noise, used["mid_iv"].to_numpy())
+        spec.likelihood.observe(iv_model, noise, mid_iv)
     return model
 
 
+def _sample_nuts(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree:
+    return pm.sample(
+        draws=cfg.draws,
+        tune=cfg.tune,
+        chains=cfg.chains,
+        cores=min(cfg.chains, os.cpu_count() or 1),
+        random_seed=cfg.random_seed,
+        nuts_sampler="nutpie",
+        nuts={"target_accept": cfg.target_accept},
+        progressbar=progressbar,
+        compute_convergence_checks=False,
+        model=model,
+    )
+
+
+def _fit_advi(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree:
+    method = "advi" if cfg.method == "advi" else "fullrank_advi"
+    with model:
+        approx = pm.fit(
+            n=cfg.advi_iterations,
+            method=method,
+            obj_optimizer=pm.adam(learning_rate=cfg.learning_rate),
+            random_seed=cfg.random_seed,
+            progressbar=progressbar,
+        )
+        return approx.sample(draws=cfg.chains * cfg.draws, random_seed=cfg.random_seed)
+
+
+def _fit_pathfinder(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree:
+    from pymc_extras.inference import fit_pathfinder
+
+    return fit_pathfinder(model=model, num_paths=cfg.pathfinder_paths, num_draws=cfg.chains * cfg.draws,
+                          random_seed=cfg.random_seed, progressbar=progressbar)
+
+
+def _fit_laplace(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree:
+    from pymc_extras.inference import fit_laplace
+
+    return fit_laplace(model=model, draws=cfg.chains * cfg.draws, random_seed=cfg.random_seed,
+                       progressbar=progressbar)
+
+
+_FITTERS = {"nuts": _sample_nuts, "advi": _fit_advi, "fullrank_advi": _fit_advi, "pathfinder": _fit_pathfinder,
+            "map": _fit_laplace}
+
+
+def _standard_layout(idata: xr.DataTree, model: pm.Model) -> xr.DataTree:
+    """One group layout for every fit method: posterior (model variables only), sample_stats when
+    the method has them, observed_data and constant_data rebuilt from the model."""
+    names = [v.name for v in model.free_RVs + model.deterministics]
+    groups = {"posterior": idata["posterior"].to_dataset()[names]}
+    if "sample_stats" in idata.children:
+        groups["sample_stats"] = idata["sample_stats"].to_dataset()
+    dims = model.named_vars_to_dims
+    coords = {name: np.asarray(values) for name, values in model.coords.items()}
+    data = {}
+    for var in model.data_vars:
+        var_dims = dims.get(var.name, ())
+        data[var.name] = xr.DataArray(var.get_value(), dims=var_dims, coords={d: coords[d] for d in var_dims})
+    groups["constant_data"] = xr.Dataset(data)
+    observed = {}
+    for rv in model.observed_RVs:
+        rv_dims = dims.get(rv.name, ())
+        values = model.rvs_to_values[rv].data
+        observed[rv.name] = xr.DataArray(values, dims=rv_dims, coords={d: coords[d] for d in rv_dims})
+    groups["observed_data"] = xr.Dataset(observed)
+    return xr.DataTree.from_dict(groups)
+
+
 def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) -> CalibrationResult:
-    """Calibrate ``spec`` to ``quotes``: filter, build, sample with nutpie, check convergence.
+    """Calibrate ``spec`` to ``quotes``: filter, build, fit with the spec's method, check the result.
 
     Parameters
     ----------
@@ -72,14 +162,17 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
     quotes : xarray.Dataset
         Canonical quotes from :func:`bayescal.market.read_chain` (unfiltered; the spec's filters run here).
     progressbar : bool
-        Show sampling progress.
+        Show progress.
 
     Returns
     -------
     CalibrationResult
-        ``idata`` with groups posterior, sample_stats, observed_data, constant_data and
-        posterior_predictive (``iv_obs``: posterior-predictive IV per quote); the filtered quotes
-        (every quote with its status); the convergence report and fit-quality measures.
+        ``idata`` with groups posterior, sample_stats (NUTS only), observed_data, constant_data,
+        posterior_predictive (``iv_obs``: posterior-predictive IV per quote) and log_likelihood
+        (``iv_obs`` per quote, for PSIS-LOO); the filtered quotes (every quote with its status);
+        the convergence report and fit-quality measures. Approximate methods (``advi``,
+        ``fullrank_advi``, ``pathfinder``, ``map`` = MAP + Laplace) are labelled
+        ``approximate = 1`` and their gate status is ``approximate``.
 
     Raises
     ------
@@ -92,23 +185,16 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
     cfg = spec.fit
     free = [v.name for v in model.free_RVs]
     t0 = time.perf_counter()
+    idata = _FITTERS[cfg.method](model, cfg, progressbar)
+    t_fit = time.perf_counter() - t0
+    idata = _standard_layout(idata, model)
     with model:
-        idata = pm.sample(
-            draws=cfg.draws,
-            tune=cfg.tune,
-            chains=cfg.chains,
-            cores=min(cfg.chains, os.cpu_count() or 1),
-            random_seed=cfg.random_seed,
-            nuts_sampler="nutpie",
-            nuts={"target_accept": cfg.target_accept},
-            progressbar=progressbar,
-            compute_convergence_checks=False,
-        )
-        t_sample = time.perf_counter() - t0
-        pm.sample_posterior_predictive(
-            idata, extend_inferencedata=True, random_seed=cfg.random_seed + 1, progressbar=False
-        )
-    gate = convergence_gate(idata, free)
+        pm.sample_posterior_predictive(idata, extend_inferencedata=True, random_seed=cfg.random_seed + 1,
+                                       progressbar=False)
+        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
+    gate = convergence_gate(idata, free) if cfg.method == "nuts" else approximate_gate(cfg.method)
     quality = fit_quality(idata)
-    timings = {"sample_and_compile_seconds": t_sample, "total_seconds": time.perf_counter() - t0}
+    pricing = get_pricing_model(spec.model, **spec.model_settings)
+    quality.update(arbitrage_free_share(pricing, idata["posterior"].to_dataset(), idata["constant_data"].to_dataset()))
+    timings = {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0}
     return CalibrationResult.from_fit(idata, spec, filtered, gate, quality, timings)

@@ -1,7 +1,11 @@
 """Pricing-model registry: each model binds a pure kernel to its parameters, supports and priors.
 
 A model is registered by subclassing :class:`PricingModel` with a ``lookup_name``; specs refer to
-models by that key, never by import path. Adding a model is one small class.
+models by that key, never by import path. Adding a model is one small class: it declares the
+parameters a prior set must cover, creates them (and any deterministic transforms) in
+:meth:`PricingModel.create_parameters`, and evaluates its kernel in :meth:`PricingModel.kernel`.
+The shared machinery (gathering per-expiry parameters per quote, the link to the implied-vol
+likelihood, evaluation on a strike grid for bands) lives here once.
 """
 
 from __future__ import annotations
@@ -19,47 +23,14 @@ from pymc_extras.prior import Prior
 
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
-from bayescal.kernels.svi import svi_raw_total_variance
+from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_raw_total_variance
+from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.priors import PriorSet
 
 REGISTRY: dict[str, type[PricingModel]] = {}
 
-
-class PricingModel(ABC):
-    """Base class: a pricing model as a piece of a PyMC model.
-
-    Class attributes
-    ----------------
-    lookup_name : str
-        Registry key used in specs (``model = "svi"``).
-    parameters : tuple of str
-        Names of the sampled parameters; a prior set must cover exactly these (plus the
-        likelihood's noise parameters).
-    supports : dict of str to str
-        Support of each sampled parameter (``positive``, ``real``, ``correlation``, ``open_unit``).
-    per_expiry : bool
-        Whether every parameter has one value per expiry (dimension ``expiry``).
-    """
-
-    lookup_name: ClassVar[str]
-    parameters: ClassVar[tuple[str, ...]]
-    supports: ClassVar[dict[str, str]]
-    per_expiry: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if set(cls.parameters) != set(cls.supports):
-            raise TypeError(f"{cls.__name__}: parameters and supports disagree")
-        REGISTRY[cls.lookup_name] = cls
-
-    @abstractmethod
-    def implied_vol(self, priors: PriorSet, k: pt.TensorVariable, tau: pt.TensorVariable,
-                    expiry_idx: pt.TensorVariable, tau_expiry: pt.TensorVariable) -> pt.TensorVariable:
-        """Create the parameters (inside a ``pm.Model`` context) and return the model IV per quote."""
-
-    @abstractmethod
-    def implied_vol_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float) -> np.ndarray:
-        """Model IV of every posterior draw on a log-moneyness grid, shape (chain, draw, n_k)."""
+#: maximum number of posterior draws used for strike-grid bands of price-output models
+GRID_MAX_DRAWS = 1000
 
 
 def with_dims(prior: Prior, dims: tuple[str, ...]) -> Prior:
@@ -69,17 +40,137 @@ def with_dims(prior: Prior, dims: tuple[str, ...]) -> Prior:
     return copy
 
 
-def get_pricing_model(key: str) -> PricingModel:
+class PricingModel(ABC):
+    """Base class: a pricing model as a piece of a PyMC model.
+
+    Class attributes
+    ----------------
+    lookup_name : str
+        Registry key used in specs (``model = "svi"``); also the prefix of PyMC variable names.
+    parameters : tuple of str
+        Sampled parameters; a prior set must cover exactly these (plus the likelihood's noise).
+    per_expiry : frozenset of str
+        Sampled parameters that have one value per expiry (dimension ``expiry``).
+    supports : dict of str to str
+        Support of each sampled parameter (``positive``, ``real``, ``correlation``, ``unit``).
+    kernel_inputs : tuple of str
+        Names of the (sampled or deterministic) variables the kernel takes, stored in the
+        posterior as ``<lookup_name>_<name>``.
+    per_expiry_inputs : frozenset of str
+        Kernel inputs with dimension ``expiry`` (gathered per quote with ``expiry_idx``).
+    output : str
+        ``"iv"`` (the kernel returns implied vol) or ``"norm_price"`` (undiscounted price / forward).
+    """
+
+    lookup_name: ClassVar[str]
+    parameters: ClassVar[tuple[str, ...]]
+    per_expiry: ClassVar[frozenset[str]] = frozenset()
+    supports: ClassVar[dict[str, str]]
+    kernel_inputs: ClassVar[tuple[str, ...]]
+    per_expiry_inputs: ClassVar[frozenset[str]] = frozenset()
+    output: ClassVar[str] = "iv"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if set(cls.parameters) != set(cls.supports) or not cls.per_expiry <= set(cls.parameters):
+            raise TypeError(f"{cls.__name__}: parameters, supports and per_expiry disagree")
+        if cls.output not in ("iv", "norm_price"):
+            raise TypeError(f"{cls.__name__}: output must be 'iv' or 'norm_price'")
+        REGISTRY[cls.lookup_name] = cls
+
+    def __init__(self, **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(self.settings_defaults()))
+        if unknown:
+            raise SpecError(
+                f"model {self.lookup_name!r}: unknown setting(s) {unknown}; valid: {sorted(self.settings_defaults())}"
+            )
+        self.settings = {**self.settings_defaults(), **settings}
+
+    @classmethod
+    def settings_defaults(cls) -> dict[str, Any]:
+        """Model settings a spec may set in its ``[model_settings]`` table (none by default)."""
+        return {}
+
+    # --- what a model implements -------------------------------------------------------------------
+    def sample_parameters(self, priors: PriorSet) -> dict[str, pt.TensorVariable]:
+        """Create every sampled parameter from the prior set (inside a ``pm.Model`` context)."""
+        return {
+            name: with_dims(priors.priors[name], (EXPIRY_DIM,) if name in self.per_expiry else ())
+            .create_variable(self.name(name))
+            for name in self.parameters
+        }
+
+    @abstractmethod
+    def create_parameters(self, priors: PriorSet, tau_expiry: pt.TensorVariable) -> dict[str, pt.TensorVariable]:
+        """Create the parameters and return the kernel inputs (each stored as ``<prefix>_<name>``)."""
+
+    @abstractmethod
+    def kernel(self, k: pt.TensorVariable, tau: pt.TensorVariable, cp: pt.TensorVariable,
+               **inputs: pt.TensorVariable) -> pt.TensorVariable:
+        """Model output (IV or normalised price) per quote from per-quote kernel inputs."""
+
+    # --- shared machinery ----------------------------------------------------------------------------
+    def name(self, parameter: str) -> str:
+        """PyMC variable name of a parameter or kernel input."""
+        return f"{self.lookup_name}_{parameter}"
+
+    def deterministic(self, name: str, value: pt.TensorVariable, per_expiry: bool) -> pt.TensorVariable:
+        """Register a kernel input as a deterministic (stored in the posterior)."""
+        return pm.Deterministic(self.name(name), value, dims=EXPIRY_DIM if per_expiry else None)
+
+    def model_output(self, priors: PriorSet, k: pt.TensorVariable, tau: pt.TensorVariable, cp: pt.TensorVariable,
+                     expiry_idx: pt.TensorVariable, tau_expiry: pt.TensorVariable) -> pt.TensorVariable:
+        """Create the parameters and return the model output per quote (see :attr:`output`)."""
+        inputs = self.create_parameters(priors, tau_expiry)
+        gathered = {n: (v[expiry_idx] if n in self.per_expiry_inputs else v) for n, v in inputs.items()}
+        return self.kernel(k, tau, cp, **gathered)
+
+    @cached_property
+    def _grid_function(self) -> Any:
+        k = pt.vector("k")
+        cp = pt.vector("cp")
+        tau = pt.scalar("tau")
+        params = {n: pt.tensor(n, shape=(None, 1), dtype="float64") for n in self.kernel_inputs}
+        out = self.kernel(k[None, :], tau, cp[None, :], **params)
+        return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore")
+
+    def implied_vol_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float) -> np.ndarray:
+        """Model IV of posterior draws on a log-moneyness grid, shape (n_draws_used, n_k).
+
+        IV-output models use every draw; price-output models use at most :data:`GRID_MAX_DRAWS`
+        evenly thinned draws and invert prices with :func:`bayescal.market.implied_vol_black76`
+        (out-of-the-money side; grid points whose price has no IV are NaN).
+        """
+        draws = {}
+        for n in self.kernel_inputs:
+            var = posterior[self.name(n)]
+            if n in self.per_expiry_inputs:
+                var = var.isel({EXPIRY_DIM: expiry})
+            draws[n] = var.to_numpy().reshape(-1, 1)
+        n_draws = next(iter(draws.values())).shape[0]
+        if self.output == "norm_price" and n_draws > GRID_MAX_DRAWS:
+            keep = np.linspace(0, n_draws - 1, GRID_MAX_DRAWS).round().astype(int)
+            draws = {n: v[keep] for n, v in draws.items()}
+        k = np.asarray(k, float)
+        cp = np.where(k >= 0, 1.0, -1.0)
+        out = self._grid_function(k, float(tau), cp, *(draws[n] for n in self.kernel_inputs))
+        if self.output == "iv":
+            return np.asarray(out)
+        iv, _ = implied_vol_black76(np.asarray(out), 1.0, np.exp(k)[None, :], tau, cp[None, :])
+        return iv
+
+
+def get_pricing_model(key: str, **settings: Any) -> PricingModel:
     """Instantiate a registered pricing model by key.
 
     Raises
     ------
     SpecError
-        Naming the key and listing the registered ones.
+        Naming the key and listing the registered ones, or naming unknown settings.
     """
     if key not in REGISTRY:
         raise SpecError(f"unknown pricing model {key!r}; registered: {sorted(REGISTRY)}")
-    return REGISTRY[key]()
+    return REGISTRY[key](**settings)
 
 
 class SviRaw(PricingModel):
@@ -119,39 +210,81 @@ class SviRaw(PricingModel):
 
     lookup_name = "svi"
     parameters = ("vmin", "wing_left", "wing_right", "m_scaled", "sigma_scaled")
+    per_expiry = frozenset(parameters)
     supports: ClassVar[dict[str, str]] = {
         "vmin": "positive", "wing_left": "positive", "wing_right": "positive",
         "m_scaled": "real", "sigma_scaled": "positive",
     }
-    prefix = "svi"
+    kernel_inputs = ("a", "b", "rho", "m", "sigma")
+    per_expiry_inputs = frozenset(kernel_inputs)
 
-    def implied_vol(self, priors, k, tau, expiry_idx, tau_expiry):  # noqa: D102 (documented on the base)
-        p = {name: with_dims(priors.priors[name], (EXPIRY_DIM,)).create_variable(f"{self.prefix}_{name}")
-             for name in self.parameters}
+    def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
+        p = self.sample_parameters(priors)
         s = pt.sqrt(tau_expiry)
         wl, wr = p["wing_left"], p["wing_right"]
-        sigma = pm.Deterministic(f"{self.prefix}_sigma", s * p["sigma_scaled"], dims=EXPIRY_DIM)
-        b = pm.Deterministic(f"{self.prefix}_b", sigma * (wl + wr) / 2, dims=EXPIRY_DIM)
-        rho = pm.Deterministic(f"{self.prefix}_rho", (wr - wl) / (wr + wl), dims=EXPIRY_DIM)
-        m = pm.Deterministic(f"{self.prefix}_m", s * p["m_scaled"], dims=EXPIRY_DIM)
-        a = pm.Deterministic(
-            f"{self.prefix}_a", tau_expiry * p["vmin"] - sigma**2 * pt.sqrt(wl * wr), dims=EXPIRY_DIM
-        )
-        w = svi_raw_total_variance(k, a[expiry_idx], b[expiry_idx], rho[expiry_idx], m[expiry_idx], sigma[expiry_idx])
-        return pt.sqrt(w / tau)
+        sigma = s * p["sigma_scaled"]
+        values = {
+            "a": tau_expiry * p["vmin"] - sigma**2 * pt.sqrt(wl * wr),
+            "b": sigma * (wl + wr) / 2,
+            "rho": (wr - wl) / (wr + wl),
+            "m": s * p["m_scaled"],
+            "sigma": sigma,
+        }
+        return {n: self.deterministic(n, v, per_expiry=True) for n, v in values.items()}
 
-    @cached_property
-    def _w_function(self) -> Any:
-        k = pt.vector("k")
-        a, b, rho, m, sigma = (pt.tensor(n, shape=(None, 1), dtype="float64") for n in ("a", "b", "rho", "m", "sigma"))
-        return pytensor.function([k, a, b, rho, m, sigma], svi_raw_total_variance(k, a, b, rho, m, sigma))
+    def kernel(self, k, tau, cp, *, a, b, rho, m, sigma):  # noqa: D102 (documented on the base)
+        return pt.sqrt(svi_raw_total_variance(k, a, b, rho, m, sigma) / tau)
 
-    def implied_vol_on_grid(self, posterior, expiry, k, tau):  # noqa: D102 (documented on the base)
-        raw = [
-            posterior[f"{self.prefix}_{n}"].isel({EXPIRY_DIM: expiry}).to_numpy()
-            for n in ("a", "b", "rho", "m", "sigma")
-        ]
-        shape = raw[0].shape
-        flat = [r.reshape(-1, 1) for r in raw]
-        w = self._w_function(np.asarray(k, float), *flat)
-        return np.sqrt(np.clip(w, 0.0, None) / tau).reshape(*shape, -1)
+
+class Black76Flat(PricingModel):
+    """One flat Black-76 implied vol per expiry (the null model of a smile).
+
+    ``iv(k, tau_e) = iv_e``. Useful as the baseline in model comparison and as a sanity check
+    of the data path (Black 1976).
+    """
+
+    lookup_name = "black76"
+    parameters = ("iv",)
+    per_expiry = frozenset(parameters)
+    supports: ClassVar[dict[str, str]] = {"iv": "positive"}
+    kernel_inputs = ("iv",)
+    per_expiry_inputs = frozenset(kernel_inputs)
+
+    def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
+        return self.sample_parameters(priors)
+
+    def kernel(self, k, tau, cp, *, iv):  # noqa: D102 (documented on the base)
+        return iv + pt.zeros_like(k)
+
+
+class SsviPowerLaw(PricingModel):
+    """SSVI surface with power-law phi (Gatheral & Jacquier 2014, Definition 4.1 and eq. 4.5).
+
+    ``w(k, theta_t) = theta_t / 2 (1 + rho phi k + sqrt((phi k + rho)**2 + 1 - rho**2))`` with
+    ``phi(theta) = eta / (theta**gamma (1 + theta)**(1 - gamma))``. The ATM total variances
+    ``theta_t`` are built increasing in expiry (calendar no-arbitrage needs ``theta_t``
+    non-decreasing, GJ2014 Theorem 4.1): ``theta_1 = tau_1 fwd_var_1`` and ``theta_i =
+    theta_(i-1) + (tau_i - tau_(i-1)) fwd_var_i`` with positive annualised forward variances
+    ``fwd_var`` (sampled, one per expiry). ``rho``, ``eta`` and ``gamma`` are shared by the surface.
+    With ``gamma`` in (0, 1/2] the surface is free of calendar arbitrage, and of butterfly
+    arbitrage if ``eta (1 + |rho|) <= 2`` (GJ2014 Remark after Corollary 4.1); the posterior share
+    meeting that bound is reported, not imposed.
+    """
+
+    lookup_name = "ssvi"
+    parameters = ("fwd_var", "rho", "eta", "gamma")
+    per_expiry = frozenset({"fwd_var"})
+    supports: ClassVar[dict[str, str]] = {"fwd_var": "positive", "rho": "correlation", "eta": "positive",
+                                          "gamma": "unit"}
+    kernel_inputs = ("theta", "rho", "eta", "gamma")
+    per_expiry_inputs = frozenset({"theta"})
+
+    def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
+        p = self.sample_parameters(priors)
+        dtau = pt.concatenate([tau_expiry[:1], tau_expiry[1:] - tau_expiry[:-1]])
+        theta = self.deterministic("theta", pt.cumsum(dtau * p["fwd_var"]), per_expiry=True)
+        return {"theta": theta, "rho": p["rho"], "eta": p["eta"], "gamma": p["gamma"]}
+
+    def kernel(self, k, tau, cp, *, theta, rho, eta, gamma):  # noqa: D102 (documented on the base)
+        phi = ssvi_phi_power_law(theta, eta, gamma)
+        return pt.sqrt(ssvi_total_variance(k, theta, rho, phi) / tau)

@@ -63,7 +63,7 @@ class CalibrationResult:
                 "spec_source": spec.source,
                 "model": spec.model,
                 "fit_method": spec.fit.method,
-                "approximate": 0,
+                "approximate": int(spec.fit.method != "nuts"),
                 "convergence": json.dumps(gate.to_dict()),
                 "fit_quality": json.dumps(quality),
                 "timings": json.dumps(timings),

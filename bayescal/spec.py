@@ -19,7 +19,7 @@ from bayescal.market.filters import FilterSettings
 from bayescal.paths import models_dir
 from bayescal.priors import PriorSet, load_prior_set
 
-FIT_METHODS = ("nuts",)
+FIT_METHODS = ("nuts", "advi", "fullrank_advi", "pathfinder", "map")
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,17 @@ class FitConfig:
     Attributes
     ----------
     method : str
-        ``"nuts"`` (nutpie). Approximate methods arrive with the calibration framework.
+        ``"nuts"`` (nutpie, default), or an approximation: ``"advi"``, ``"fullrank_advi"`` (PyMC),
+        ``"pathfinder"`` (pymc-extras), ``"map"`` (MAP + Laplace, pymc-extras ``fit_laplace``).
     chains, draws, tune : int
-        Chains, kept draws per chain, and tuning draws per chain.
+        Chains, kept draws per chain, and tuning draws per chain (NUTS). Approximate methods draw
+        ``chains * draws`` samples in one chain.
+    advi_iterations : int
+        ADVI optimisation steps.
+    learning_rate : float
+        Adam learning rate of ADVI (the stack notes: the default optimiser had not converged).
+    pathfinder_paths : int
+        Number of Pathfinder paths.
     target_accept : float
         NUTS target acceptance rate in (0, 1).
     random_seed : int
@@ -44,16 +52,21 @@ class FitConfig:
     tune: int = 1000
     target_accept: float = 0.9
     random_seed: int = 20251230
+    advi_iterations: int = 30000
+    learning_rate: float = 0.01
+    pathfinder_paths: int = 4
 
     def problems(self) -> list[str]:
         """Every invalid setting, as messages (empty when valid)."""
         out = []
         if self.method not in FIT_METHODS:
             out.append(f"fit.method {self.method!r} unknown; valid: {sorted(FIT_METHODS)}")
-        for name in ("chains", "draws", "tune"):
+        for name in ("chains", "draws", "tune", "advi_iterations", "pathfinder_paths"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 out.append(f"fit.{name} must be a positive integer (got {value!r})")
+        if not self.learning_rate > 0:
+            out.append(f"fit.learning_rate must be > 0 (got {self.learning_rate!r})")
         if not 0 < self.target_accept < 1:
             out.append(f"fit.target_accept must be in (0, 1) (got {self.target_accept!r})")
         return out
@@ -68,6 +81,8 @@ class CalibrationSpec:
     name, description : str
     model : str
         Pricing-model registry key.
+    model_settings : dict
+        Settings of the pricing model (``[model_settings]`` table), e.g. SABR's fixed ``beta``.
     prior_set : PriorSet
     likelihood : IVLikelihood
     filters : FilterSettings
@@ -82,6 +97,7 @@ class CalibrationSpec:
     likelihood: IVLikelihood
     filters: FilterSettings = field(default_factory=FilterSettings)
     fit: FitConfig = field(default_factory=FitConfig)
+    model_settings: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = ""
 
@@ -92,6 +108,7 @@ class CalibrationSpec:
             "name": self.name,
             "description": self.description,
             "model": self.model,
+            "model_settings": self.model_settings,
             "priors": self.prior_set.to_dict(),
             "likelihood": {"kind": self.likelihood.lookup_name, **asdict(self.likelihood)},
             "filters": self.filters.to_dict(),
@@ -129,7 +146,8 @@ def resolve_spec_path(ref: str | Path) -> Path:
     raise SpecError(f"spec {str(ref)!r} not found; available in {models_dir()}: {available}")
 
 
-_TOP_KEYS = {"schema_version", "name", "description", "model", "priors", "likelihood", "filters", "fit"}
+_TOP_KEYS = {"schema_version", "name", "description", "model", "model_settings", "priors", "likelihood", "filters",
+             "fit"}
 
 
 def load_spec(ref: str | Path) -> CalibrationSpec:
@@ -186,6 +204,12 @@ def load_spec(ref: str | Path) -> CalibrationSpec:
         problems.extend(fit.problems())
     except TypeError as exc:
         problems.append(f"fit: {exc}; valid keys: {sorted(FitConfig.__dataclass_fields__)}")
+    model_settings = raw.get("model_settings", {})
+    if model in REGISTRY:
+        try:
+            REGISTRY[model](**model_settings)
+        except SpecError as exc:
+            problems.append(str(exc))
     if prior_set is not None and likelihood is not None and model in REGISTRY:
         needed = set(REGISTRY[model].parameters) | set(likelihood.noise_parameters)
         have = set(prior_set.priors)
@@ -205,5 +229,6 @@ def load_spec(ref: str | Path) -> CalibrationSpec:
         likelihood=likelihood,
         filters=filters,
         fit=fit,
+        model_settings=dict(model_settings),
         source=str(path),
     )

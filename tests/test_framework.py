@@ -1,0 +1,115 @@
+"""Calibration framework: model registry, approximate fit methods, LOO comparison, arbitrage shares."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytensor.tensor as pt
+import pytest
+import xarray as xr
+
+from bayescal.arbitrage import arbitrage_free_share, butterfly_g_numeric
+from bayescal.comparison import compare_results
+from bayescal.errors import IncomparableResultsError, SpecError
+from bayescal.inference import fit
+from bayescal.kernels.svi import svi_raw_g, svi_raw_total_variance
+from bayescal.market import FilterSettings, bundled_demo_chain, read_chain
+from bayescal.pricing_models import REGISTRY, get_pricing_model
+from bayescal.spec import load_spec
+
+SMALL = {"chains": 2, "draws": 200, "tune": 300}
+
+
+@pytest.fixture(scope="module")
+def demo_quotes():
+    return read_chain(bundled_demo_chain())
+
+
+@pytest.fixture(scope="module")
+def svi_fit(demo_quotes):
+    return fit(load_spec("svi").with_fit(**SMALL), demo_quotes, progressbar=False)
+
+
+@pytest.fixture(scope="module")
+def flat_fit(demo_quotes):
+    return fit(load_spec("black76").with_fit(**SMALL), demo_quotes, progressbar=False)
+
+
+def test_registry_has_the_models():
+    assert {"svi", "black76", "ssvi"} <= set(REGISTRY)
+    with pytest.raises(SpecError, match="unknown pricing model 'nope'"):
+        get_pricing_model("nope")
+    with pytest.raises(SpecError, match="unknown setting"):
+        get_pricing_model("svi", beta=0.5)
+
+
+@pytest.mark.parametrize("method", ["map", "advi"])
+def test_approximate_methods_share_the_layout(demo_quotes, svi_fit, method):
+    result = fit(load_spec("svi").with_fit(method=method, chains=1, draws=300, advi_iterations=3000),
+                 demo_quotes, progressbar=False)
+    assert result.idata.attrs["approximate"] == 1
+    assert result.convergence["status"] == "approximate"
+    for group in ("posterior", "observed_data", "constant_data", "posterior_predictive", "log_likelihood", "quotes"):
+        assert group in result.idata.children, group
+    assert set(result.posterior.data_vars) == set(svi_fit.posterior.data_vars)
+    assert result.idata["observed_data"]["iv_obs"].equals(svi_fit.idata["observed_data"]["iv_obs"])
+    # the MAP + Laplace smile lies close to the NUTS posterior mean on this well-identified chain
+    if method == "map":
+        nuts_mean = svi_fit.posterior["iv_model"].mean(("chain", "draw"))
+        map_mean = result.posterior["iv_model"].mean(("chain", "draw"))
+        assert float(np.abs(nuts_mean - map_mean).max()) < 0.01
+        assert result.fit_quality["rmse_vol_points"] < 1.0
+
+
+def test_loo_prefers_the_smile_over_a_flat_vol(svi_fit, flat_fit):
+    table = compare_results({"svi": svi_fit, "black76": flat_fit})
+    assert list(table.index) == ["svi", "black76"]
+    assert table.loc["black76", "elpd_diff"] < -50  # a flat vol per expiry misses the smile badly
+    assert {"elpd", "se", "weight", "max_pareto_k", "fit_method"} <= set(table.columns)
+
+
+def test_compare_refuses_different_quotes(svi_fit, demo_quotes):
+    narrow = replace(load_spec("black76").with_fit(**SMALL), filters=FilterSettings(k_range=(-0.2, 0.2)))
+    other = fit(narrow, demo_quotes, progressbar=False)
+    with pytest.raises(IncomparableResultsError, match="not fitted to the same quotes"):
+        compare_results({"svi": svi_fit, "narrow": other})
+    with pytest.raises(IncomparableResultsError, match="at least two"):
+        compare_results({"svi": svi_fit})
+
+
+def test_numeric_g_matches_analytic_svi_g():
+    k = np.linspace(-1.0, 1.0, 2001)
+    vogt = dict(a=-0.041, b=0.1331, rho=0.306, m=0.3586, sigma=0.4153)  # GJ2014 example 3.1: arbitrage
+    w = svi_raw_total_variance(k, **vogt).eval()
+    g_exact = svi_raw_g(pt.as_tensor_variable(k), **vogt).eval()
+    g_num = butterfly_g_numeric(k, w)
+    np.testing.assert_allclose(g_num[2:-2], g_exact[2:-2], atol=1e-5)
+    assert g_num.min() < 0  # Vogt's slice has butterfly arbitrage
+
+
+def test_arbitrage_share_detects_calendar_crossing():
+    """Two SVI slices whose total variances cross in k: every draw has calendar arbitrage."""
+    model = get_pricing_model("svi")
+    n = 10
+    coords = {"chain": [0], "draw": np.arange(n), "expiry": ["e1", "e2"]}
+
+    def var(values):
+        return xr.DataArray(np.broadcast_to(np.asarray(values, float), (1, n, 2)).copy(),
+                            dims=("chain", "draw", "expiry"), coords=coords)
+
+    posterior = xr.Dataset({
+        "svi_a": var([0.02, 0.021]), "svi_b": var([0.05, 0.01]), "svi_rho": var([-0.3, -0.3]),
+        "svi_m": var([0.0, 0.0]), "svi_sigma": var([0.1, 0.1]),
+    })
+    const = xr.Dataset({"k": ("quote", np.linspace(-0.5, 0.5, 11)), "tau_expiry": ("expiry", [0.1, 0.2])})
+    shares = arbitrage_free_share(model, posterior, const)
+    assert shares["calendar_free_share"] == 0.0
+    assert shares["butterfly_free_share"] == 1.0
+    assert shares["arbitrage_free_share"] == 0.0
+
+
+def test_fit_reports_arbitrage_share(svi_fit):
+    quality = svi_fit.fit_quality
+    assert 0.0 <= quality["arbitrage_free_share"] <= 1.0
+    assert quality["arbitrage_free_share"] > 0.9  # per-expiry SVI on the bundled chain: essentially all
