@@ -25,6 +25,7 @@ import xarray as xr  # noqa: E402
 from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM  # noqa: E402
+from bayescal.greeks import atm_greeks_table  # noqa: E402
 from bayescal.market.filters import filter_report, status_counts  # noqa: E402
 from bayescal.pricing_models import get_pricing_model  # noqa: E402
 from bayescal.results import CalibrationResult  # noqa: E402
@@ -104,7 +105,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_outputs(result: CalibrationResult, out_dir: str | Path, result_name: str = "result.nc") -> dict[str, Path]:
-    """Write summary table (CSV), quotes with statuses (CSV), smile figures (PNG) and ``report.html``.
+    """Write summary table, quotes with statuses, ATM greeks with 94% intervals (CSV), smile figures (PNG)
+    and ``report.html``.
 
     Every file is written atomically. Returns the paths by kind.
     """
@@ -112,8 +114,10 @@ def write_outputs(result: CalibrationResult, out_dir: str | Path, result_name: s
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary = summary_table(result)
     paths: dict[str, Path] = {"result": out / result_name, "summary": out / "summary.csv",
-                              "quotes": out / "quotes.csv", "report": out / "report.html"}
+                              "quotes": out / "quotes.csv", "greeks": out / "greeks.csv", "report": out / "report.html"}
     _atomic_write_bytes(paths["summary"], summary.to_csv().encode())
+    greeks = atm_greeks_table(result)
+    _atomic_write_bytes(paths["greeks"], greeks.to_csv(index=False).encode())
     quotes = result.quotes
     table = quotes[["instrument", "expiry", "strike", "cp", "bid", "ask", "forward", "tau", "k", "bid_iv",
                     "ask_iv", "mid_iv", "status"]].to_dataframe()
@@ -132,7 +136,7 @@ def write_outputs(result: CalibrationResult, out_dir: str | Path, result_name: s
                         "n": len(band["k"])})
         plt.close(fig)
     paths["figures"] = out / "figures"
-    html = render_report(result, summary, figures)
+    html = render_report(result, summary, figures, greeks)
     _atomic_write_bytes(paths["report"], html.encode())
     return paths
 
@@ -143,7 +147,8 @@ def _status_name(code: int) -> str:
     return QuoteStatus(int(code)).name.lower()
 
 
-def render_report(result: CalibrationResult, summary: pd.DataFrame, figures: list[dict[str, Any]]) -> str:
+def render_report(result: CalibrationResult, summary: pd.DataFrame, figures: list[dict[str, Any]],
+                  greeks: pd.DataFrame) -> str:
     """The self-contained HTML report (figures embedded as base64 PNG; opens offline)."""
     env = Environment(loader=PackageLoader("bayescal", "templates"), autoescape=select_autoescape(["html"]))
     attrs = result.idata.attrs
@@ -159,6 +164,7 @@ def render_report(result: CalibrationResult, summary: pd.DataFrame, figures: lis
         status_counts=status_counts(quotes),
         n_quotes=int(quotes.sizes[QUOTE_DIM]),
         summary_html=summary.to_html(classes="summary", float_format=lambda v: f"{v:.4g}"),
+        greeks_html=greeks.to_html(classes="greeks", index=False, float_format=lambda v: f"{v:.5g}"),
         figures=figures,
     )
 

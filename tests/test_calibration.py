@@ -123,7 +123,7 @@ def test_cli_calibrate_demo(tmp_path, capsys):
                  "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
-    for name in ("result.nc", "summary.csv", "quotes.csv", "report.html"):
+    for name in ("result.nc", "summary.csv", "quotes.csv", "greeks.csv", "report.html"):
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "figures").glob("smile_*.png"))) == 4
     assert "convergence:" in out and "RMSE" in out and "report:" in out

@@ -113,3 +113,37 @@ def test_fit_reports_arbitrage_share(svi_fit):
     quality = svi_fit.fit_quality
     assert 0.0 <= quality["arbitrage_free_share"] <= 1.0
     assert quality["arbitrage_free_share"] > 0.9  # per-expiry SVI on the bundled chain: essentially all
+
+
+def test_greeks_of_flat_vol_equal_black76(flat_fit):
+    """With a flat vol per expiry, every draw's greeks are Black-76's closed forms (Hull ch. 19)."""
+    from scipy.stats import norm
+
+    from bayescal.greeks import posterior_greeks
+
+    draws = posterior_greeks(flat_fit, 1, [60_000.0, 68_000.0, 80_000.0], [-1, 1, 1], max_draws=50)
+    F, tau = draws.attrs["forward"], draws.attrs["tau"]
+    iv = flat_fit.posterior["black76_iv"].isel(expiry=1).to_numpy().ravel()
+    keep = np.linspace(0, iv.size - 1, 50).round().astype(int)
+    sig = iv[keep][:, None]
+    K = draws["strike"].to_numpy()[None, :]
+    cp = draws["cp"].to_numpy()[None, :]
+    d1 = (np.log(F / K) + 0.5 * sig**2 * tau) / (sig * np.sqrt(tau))
+    d2 = d1 - sig * np.sqrt(tau)
+    price = cp * (F * norm.cdf(cp * d1) - K * norm.cdf(cp * d2))
+    np.testing.assert_allclose(draws["price"], price, rtol=1e-10)
+    np.testing.assert_allclose(draws["delta"], np.where(cp > 0, norm.cdf(d1), norm.cdf(d1) - 1), atol=1e-10)
+    np.testing.assert_allclose(draws["gamma"], norm.pdf(d1) / (F * sig * np.sqrt(tau)), rtol=1e-8)
+    np.testing.assert_allclose(draws["vega"], F * norm.pdf(d1) * np.sqrt(tau), rtol=1e-8)
+    np.testing.assert_allclose(draws["theta"], -F * norm.pdf(d1) * sig / (2 * np.sqrt(tau)), rtol=1e-8)
+
+
+def test_atm_greeks_table_has_intervals(svi_fit):
+    from bayescal.greeks import atm_greeks_table
+
+    table = atm_greeks_table(svi_fit)
+    assert len(table) == 4 * 2 * 5
+    assert (table["eti_3%"] <= table["mean"]).all() and (table["mean"] <= table["eti_97%"]).all()
+    delta = table[table.greek == "delta"].set_index(["expiry", "cp"])["mean"]
+    for expiry in table.expiry.unique():  # put-call parity of deltas, D = 1
+        assert abs(delta[(expiry, 1)] - delta[(expiry, -1)] - 1.0) < 1e-10
