@@ -198,3 +198,29 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
     quality.update(arbitrage_free_share(pricing, idata["posterior"].to_dataset(), idata["constant_data"].to_dataset()))
     timings = {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0}
     return CalibrationResult.from_fit(idata, spec, filtered, gate, quality, timings)
+
+
+def prior_predictive(spec: CalibrationSpec, quotes: xr.Dataset, draws: int = 500) -> tuple[xr.Dataset, xr.Dataset]:
+    """Draws from the spec's prior (parameters and model IVs) on the filtered quotes of a chain.
+
+    Parameters
+    ----------
+    spec : CalibrationSpec
+    quotes : xarray.Dataset
+        Canonical quotes (the spec's filters run here).
+    draws : int
+        Number of prior draws.
+
+    Returns
+    -------
+    used : xarray.Dataset
+        The quotes the model is built on.
+    prior : xarray.Dataset
+        Prior draws with dims (chain=1, draw, ...): the same variable names as a posterior, so
+        :meth:`bayescal.pricing_models.PricingModel.implied_vol_on_grid` draws prior smiles.
+    """
+    used = used_quotes(filter_quotes(quotes, spec.filters))
+    model = build_model(spec, used)
+    with model:
+        idata = pm.sample_prior_predictive(draws=draws, random_seed=spec.fit.random_seed)
+    return used, idata["prior"].to_dataset()

@@ -79,12 +79,16 @@ def smile_bands(result: CalibrationResult, n_grid: int = 101) -> list[dict[str, 
     return out
 
 
-def plot_smile(band: dict[str, Any], approximate: bool = False) -> plt.Figure:
-    """Draw one expiry: bid/ask IV marks, mid IV, posterior-mean smile and its 94% band."""
+def plot_smile(band: dict[str, Any], approximate: bool = False, kind: str = "posterior") -> plt.Figure:
+    """Draw one expiry: bid/ask IV marks, mid IV, the model's centre smile and its 94% band.
+
+    ``kind`` is ``"posterior"`` (centre = posterior mean) or ``"prior"`` (centre = prior median).
+    """
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
     ax.fill_between(band["k_grid"], 100 * band["iv_lo"], 100 * band["iv_hi"], color="C0", alpha=0.25,
-                    label=f"{BAND_PROB:.0%} posterior band")
-    ax.plot(band["k_grid"], 100 * band["iv_mean"], color="C0", lw=1.8, label="posterior-mean smile")
+                    label=f"{BAND_PROB:.0%} {kind} band")
+    centre = "posterior-mean smile" if kind == "posterior" else "prior median smile"
+    ax.plot(band["k_grid"], 100 * band["iv_mean"], color="C0", lw=1.8, label=centre)
     ax.vlines(band["k"], 100 * band["bid_iv"], 100 * band["ask_iv"], color="0.35", lw=1.2, label="bid-ask IV")
     ax.plot(band["k"], 100 * band["mid_iv"], "o", ms=3, color="C3", label="mid IV")
     ax.set_xlabel("log-moneyness k = ln(K/F)")
@@ -175,3 +179,37 @@ def expiry_table(result: CalibrationResult) -> xr.Dataset:
     idx = const["expiry_idx"].to_numpy()
     labels = result.posterior[EXPIRY_DIM].to_numpy()
     return xr.Dataset({"n_quotes": (EXPIRY_DIM, np.bincount(idx, minlength=len(labels)))}, coords={EXPIRY_DIM: labels})
+
+
+def write_prior_predictive(spec, used: xr.Dataset, prior: xr.Dataset, out_dir: str | Path) -> list[Path]:
+    """One figure per expiry: the quotes' bid/ask IVs against the 94% band of smiles the prior implies.
+
+    Returns the written PNG paths (written atomically).
+    """
+    pricing = get_pricing_model(spec.model, **spec.model_settings)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    idx = used["expiry_idx"].to_numpy()
+    labels = [str(v) for v in prior[EXPIRY_DIM].to_numpy()]
+    written = []
+    for e, label in enumerate(labels):
+        sel = idx == e
+        k = used["k"].to_numpy()[sel]
+        tau = float(used["tau"].to_numpy()[sel][0])
+        pad = 0.15 * max(k.max() - k.min(), 0.05)
+        grid = np.linspace(k.min() - pad, k.max() + pad, 101)
+        iv = pricing.implied_vol_on_grid(prior, e, grid, tau).reshape(-1, grid.size)
+        lo, hi = np.nanquantile(iv, [(1 - BAND_PROB) / 2, (1 + BAND_PROB) / 2], axis=0)
+        band = {"expiry": label, "tau": tau, "forward": float(used["forward"].to_numpy()[sel][0]), "k_grid": grid,
+                "iv_mean": np.nanmedian(iv, axis=0), "iv_lo": lo, "iv_hi": hi, "k": k,
+                "bid_iv": used["bid_iv"].to_numpy()[sel], "ask_iv": used["ask_iv"].to_numpy()[sel],
+                "mid_iv": used["mid_iv"].to_numpy()[sel]}
+        fig = plot_smile(band, kind="prior")
+        fig.axes[0].set_title(f"PRIOR predictive ({spec.prior_set.name}): " + fig.axes[0].get_title(), fontsize=8)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        path = out / f"prior_smile_{e:02d}_{label[:10]}.png"
+        _atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written

@@ -147,3 +147,20 @@ def test_atm_greeks_table_has_intervals(svi_fit):
     delta = table[table.greek == "delta"].set_index(["expiry", "cp"])["mean"]
     for expiry in table.expiry.unique():  # put-call parity of deltas, D = 1
         assert abs(delta[(expiry, 1)] - delta[(expiry, -1)] - 1.0) < 1e-10
+
+
+def test_prior_predictive_cli_covers_the_chain(tmp_path, capsys):
+    """The crypto SVI prior's 94% band contains most quotes of the bundled chain; figures are written."""
+    from bayescal.cli import main
+    from bayescal.inference import prior_predictive
+
+    assert main(["prior-predictive", "--demo", "--draws", "200", "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("prior_smile_*.png"))) == 4
+    spec = load_spec("svi")
+    used, prior = prior_predictive(spec, read_chain(bundled_demo_chain()), draws=400)
+    iv = prior["iv_model"].to_numpy().reshape(-1, used.sizes["quote"])
+    lo, hi = np.quantile(iv, [0.03, 0.97], axis=0)
+    inside = (lo <= used["mid_iv"].to_numpy()) & (used["mid_iv"].to_numpy() <= hi)
+    assert inside.mean() > 0.9
+    assert main(["prior-predictive", "--demo", "--priors", "ssvi/crypto", "--out", str(tmp_path)]) == 2
+    assert "is for model 'ssvi', not 'svi'" in capsys.readouterr().err
