@@ -93,9 +93,26 @@ class PricingModel(ABC):
 
     # --- what a model implements -------------------------------------------------------------------
     def sample_parameters(self, priors: PriorSet) -> dict[str, pt.TensorVariable]:
-        """Create every sampled parameter from the prior set (inside a ``pm.Model`` context)."""
+        """Create every sampled parameter from the prior set (inside a ``pm.Model`` context).
+
+        Parameters covered by the prior set's joint prior (sequential updating) come from it and are
+        stored as deterministics of the same names; the others from their marginal priors.
+
+        Raises
+        ------
+        SpecError
+            If the joint prior covers a per-expiry parameter (expiries change between windows).
+        """
+        joint = priors.joint
+        from_joint: dict[str, pt.TensorVariable] = {}
+        if joint is not None:
+            bad = sorted(set(joint.variables) & self.per_expiry)
+            if bad:
+                raise SpecError(f"joint prior covers per-expiry parameter(s) {bad} of model {self.lookup_name!r}")
+            from_joint = joint.create_variables(self.lookup_name)
         return {
-            name: with_dims(priors.priors[name], (EXPIRY_DIM,) if name in self.per_expiry else ())
+            name: from_joint[name] if name in from_joint else
+            with_dims(priors.priors[name], (EXPIRY_DIM,) if name in self.per_expiry else ())
             .create_variable(self.name(name))
             for name in self.parameters
         }

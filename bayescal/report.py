@@ -213,3 +213,40 @@ def write_prior_predictive(spec, used: xr.Dataset, prior: xr.Dataset, out_dir: s
         _atomic_write_bytes(path, buf.getvalue())
         written.append(path)
     return written
+
+
+def plot_track(tree: xr.DataTree) -> plt.Figure:
+    """Every carried parameter's posterior mean with 50% and 94% bands over the windows; conflict flags marked."""
+    ds = tree.to_dataset()
+    names = json.loads(ds.attrs["parameters"])
+    fig, axes = plt.subplots(len(names), 1, figsize=(8.0, 2.2 * len(names)), dpi=110, sharex=True, squeeze=False)
+    t = ds["valuation_time"].to_numpy()
+    for ax, n in zip(axes[:, 0], names, strict=True):
+        ax.fill_between(t, ds[f"{n}_q03"], ds[f"{n}_q97"], color="C0", alpha=0.2, label="94%")
+        ax.fill_between(t, ds[f"{n}_q25"], ds[f"{n}_q75"], color="C0", alpha=0.4, label="50%")
+        ax.plot(t, ds[f"{n}_mean"], "o-", color="C0", ms=3, label="posterior mean")
+        flagged = ds["conflict"].to_numpy().astype(bool)
+        if flagged.any():
+            ax.plot(t[flagged], ds[f"{n}_mean"].to_numpy()[flagged], "s", color="C3", ms=7, mfc="none",
+                    label="conflict (refit on base prior)")
+        failed = ds["status"].to_numpy() == "fail"
+        if failed.any():
+            ax.plot(t[failed], ds[f"{n}_mean"].to_numpy()[failed], "x", color="k", label="failed gate")
+        ax.set_ylabel(n)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=4)
+    axes[-1, 0].set_xlabel("valuation time (UTC)")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def write_track_figure(tree: xr.DataTree, path: str | Path) -> Path:
+    """Write :func:`plot_track` to a PNG atomically."""
+    path = Path(path)
+    fig = plot_track(tree)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    _atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,353 @@
+"""Sequential updating: one window's posterior becomes the next window's prior.
+
+The window-invariant (surface-level) parameters of a model — Heston's ``v0, kappa, theta, xi, rho``,
+SSVI's ``rho, eta, gamma`` — are carried from window to window as a joint Gaussian (or Student-t) in
+their unconstrained space (:class:`bayescal.priors.JointPrior`), which keeps posterior correlations.
+Per-expiry parameters are not carried (the listed expiries change between windows) and keep the base
+prior set's marginals. Between windows the covariance is inflated (forgetting factor) and a
+random-walk drift is added in proportion to the time elapsed; a floor keeps every marginal at least a
+given fraction of the base prior's spread, so the prior never collapses.
+
+Conflict check (per window): the Mahalanobis distance of the new posterior mean from the prior
+mean under the prior covariance, ``d2 = (m - mu)' Sigma^-1 (m - mu)``, referred to a chi-square with
+``dim`` degrees of freedom. A tail probability below ``1 - conflict_quantile`` flags a regime change:
+the window is refitted with the base (wide) prior and the result records it. A window whose fit
+fails the convergence gate never passes its posterior on: the previous prior is carried forward,
+inflated. :func:`run_track` persists its state atomically after every window and resumes without
+refitting finished windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pymc as pm
+import xarray as xr
+from scipy import stats
+
+from bayescal.errors import CalibrationError, SpecError
+from bayescal.pricing_models import get_pricing_model
+from bayescal.priors import JointPrior, PriorSet, to_unconstrained, unconstrained_transform
+from bayescal.results import CalibrationResult
+
+STATE_FILE = "track_state.json"
+TRACK_FILE = "track.nc"
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How a posterior becomes the next prior.
+
+    Attributes
+    ----------
+    inflation : float
+        Multiplies the posterior covariance (>= 1; 1 = no forgetting).
+    drift_sd_per_day : float
+        Random-walk standard deviation per square-root day, in unconstrained units, added to the
+        diagonal as ``drift_sd_per_day**2 * days_between_windows``.
+    student_t_nu : float
+        Degrees of freedom of a multivariate Student-t joint (heavier tails); 0 = Gaussian.
+    floor_fraction : float
+        Each marginal sd is at least this fraction of the base prior's sd (unconstrained space).
+    conflict_quantile : float
+        Chi-square quantile above which a window is flagged as a regime change.
+    """
+
+    inflation: float = 1.0
+    drift_sd_per_day: float = 0.0
+    student_t_nu: float = 0.0
+    floor_fraction: float = 0.05
+    conflict_quantile: float = 0.999
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.inflation < 1:
+            problems.append(f"inflation must be >= 1 (got {self.inflation})")
+        if self.drift_sd_per_day < 0 or self.floor_fraction < 0 or self.student_t_nu < 0:
+            problems.append("drift_sd_per_day, floor_fraction and student_t_nu must be >= 0")
+        if not 0 < self.conflict_quantile < 1:
+            problems.append(f"conflict_quantile must be in (0, 1) (got {self.conflict_quantile})")
+        if problems:
+            raise SpecError("update settings: " + "; ".join(problems))
+
+
+def carried_parameters(model_key: str, model_settings: dict[str, Any] | None = None) -> list[str]:
+    """The window-invariant parameters of a model (those a joint prior carries).
+
+    Raises
+    ------
+    SpecError
+        If the model has none (per-expiry SVI: nothing survives a change of listed expiries).
+    """
+    pricing = get_pricing_model(model_key, **(model_settings or {}))
+    names = [p for p in pricing.parameters if p not in pricing.per_expiry]
+    if not names:
+        raise SpecError(f"model {model_key!r} has only per-expiry parameters: nothing to carry between windows; "
+                        "use a surface model (ssvi, heston, bates, merton)")
+    return names
+
+
+def base_unconstrained_sd(prior_set: PriorSet, names: list[str], draws: int = 4000) -> np.ndarray:
+    """Standard deviation of each base-prior marginal in its unconstrained space (Monte Carlo, seeded)."""
+    sds = []
+    for name in names:
+        prior = prior_set.priors[name]
+        transform = unconstrained_transform(prior)
+        with pm.Model():
+            var = prior.create_variable("x")
+            values = pm.draw(var, draws=draws, random_seed=0)
+        sds.append(float(np.std(to_unconstrained(values, transform))))
+    return np.asarray(sds)
+
+
+def joint_from_draws(draws: dict[str, np.ndarray], transforms: dict[str, tuple[str, float, float]],
+                     settings: UpdateSettings, days: float = 0.0, floor_sd: np.ndarray | None = None,
+                     note: str = "") -> JointPrior:
+    """Moment-match a joint prior to posterior draws in unconstrained space, then inflate, drift and floor.
+
+    Parameters
+    ----------
+    draws : dict of str to array, each shape (n_samples,)
+        Constrained posterior draws per parameter.
+    transforms : dict of str to (str, float, float)
+        Unconstrained map per parameter (:func:`bayescal.priors.unconstrained_transform`).
+    settings : UpdateSettings
+    days : float
+        Time to the next window (drift term).
+    floor_sd : array, shape (d,), optional
+        Minimum marginal sd per parameter (unconstrained).
+    note : str
+        Provenance stored with the prior.
+
+    Returns
+    -------
+    JointPrior
+        ``cov = inflation * cov_post + drift_sd_per_day**2 * days * I``, rows/columns rescaled where a
+        marginal sd is below the floor (correlations kept).
+    """
+    names = list(draws)
+    z = np.column_stack([to_unconstrained(np.asarray(draws[n], float).ravel(), transforms[n]) for n in names])
+    mean = z.mean(axis=0)
+    cov = np.atleast_2d(np.cov(z, rowvar=False)) * settings.inflation
+    cov = cov + np.eye(len(names)) * settings.drift_sd_per_day**2 * max(days, 0.0)
+    if floor_sd is not None:
+        sd = np.sqrt(np.diag(cov))
+        scale = np.maximum(1.0, np.asarray(floor_sd) / sd)
+        cov = cov * np.outer(scale, scale)
+    cov = 0.5 * (cov + cov.T) + np.eye(len(names)) * 1e-12
+    return JointPrior(tuple(names), tuple(transforms[n] for n in names), mean, cov, settings.student_t_nu, note)
+
+
+def posterior_to_prior(result: CalibrationResult, base: PriorSet, settings: UpdateSettings | None = None,
+                       days: float = 0.0) -> PriorSet:
+    """The next window's prior set: the base set's marginals plus a joint prior from this posterior.
+
+    Parameters
+    ----------
+    result : CalibrationResult
+        The window's fit (its posterior holds ``<model>_<parameter>`` for every carried parameter).
+    base : PriorSet
+        The default (reviewed) prior set: marginals of per-expiry and noise parameters, transforms,
+        and the floor.
+    settings : UpdateSettings, optional
+    days : float
+        Days until the next window (random-walk drift).
+
+    Returns
+    -------
+    PriorSet
+        Serialisable with :meth:`PriorSet.to_dict` (same TOML format as ``priors/``, plus ``[joint]``).
+    """
+    settings = settings or UpdateSettings()
+    spec = result.spec
+    model_key = result.idata.attrs["model"]
+    names = carried_parameters(model_key, spec.get("model_settings"))
+    posterior = result.posterior
+    draws = {n: posterior[f"{model_key}_{n}"].to_numpy().ravel() for n in names}
+    transforms = {n: unconstrained_transform(base.priors[n]) for n in names}
+    floor = settings.floor_fraction * base_unconstrained_sd(base, names)
+    note = (f"posterior of {result.idata.attrs.get('data_source', '?')} at {result.idata.attrs.get('valuation_time')}"
+            f"; inflation {settings.inflation}, drift {settings.drift_sd_per_day}/sqrt(day) over {days:.3g} days")
+    joint = joint_from_draws(draws, transforms, settings, days, floor, note)
+    return replace(base, name=f"{base.name}+posterior", joint=joint)
+
+
+def inflate_prior(prior: PriorSet, settings: UpdateSettings, days: float) -> PriorSet:
+    """Carry a prior forward unchanged in mean, with the inflation and drift of one more step."""
+    if prior.joint is None:
+        return prior
+    j = prior.joint
+    cov = j.cov * settings.inflation + np.eye(len(j.variables)) * settings.drift_sd_per_day**2 * max(days, 0.0)
+    return replace(prior, joint=replace(j, cov=cov, note=j.note + "; carried forward (failed window)"))
+
+
+def conflict_check(result: CalibrationResult, prior: PriorSet, quantile: float) -> dict[str, Any]:
+    """Mahalanobis shift of the posterior mean from the joint prior (chi-square tail probability).
+
+    Returns
+    -------
+    dict
+        ``d2``, ``dof``, ``tail_probability`` and ``flagged`` (tail probability < 1 - quantile);
+        ``flagged`` is False when the prior has no joint part.
+    """
+    if prior.joint is None:
+        return {"d2": float("nan"), "dof": 0, "tail_probability": float("nan"), "flagged": False}
+    j = prior.joint
+    model_key = result.idata.attrs["model"]
+    m = np.array([
+        to_unconstrained(result.posterior[f"{model_key}_{n}"].to_numpy().ravel(), t).mean()
+        for n, t in zip(j.variables, j.transforms, strict=True)
+    ])
+    diff = m - j.mean
+    d2 = float(diff @ np.linalg.solve(j.cov, diff))
+    tail = float(stats.chi2.sf(d2, len(diff)))
+    return {"d2": d2, "dof": len(diff), "tail_probability": tail, "flagged": tail < 1 - quantile}
+
+
+# --- tracking over windows ---------------------------------------------------------------------------
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _prior_from_dict(raw: dict[str, Any], base: PriorSet) -> PriorSet:
+    joint = JointPrior.from_dict(raw["joint"]) if raw.get("joint") else None
+    return replace(base, name=raw.get("name", base.name), joint=joint)
+
+
+def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str | None = None,
+              settings: UpdateSettings | None = None, progressbar: bool = False,
+              log=print) -> xr.DataTree:
+    """Fit each window in turn, passing posteriors on as priors; resumable.
+
+    Parameters
+    ----------
+    files : list of Path
+        Chain files, one per window (sorted here by valuation time).
+    spec : CalibrationSpec
+        Spec of every window; its prior set is the base prior.
+    out_dir : str or Path
+        Holds ``track_state.json`` (written atomically after every window), ``window_NN.nc`` per
+        window and ``track.nc`` (the summary DataTree).
+    underlying : str, optional
+    settings : UpdateSettings, optional
+    progressbar : bool
+    log : callable
+        Receives one line per window.
+
+    Returns
+    -------
+    xarray.DataTree
+        Root dataset over dimension ``window``: ``valuation_time``, per carried parameter
+        ``<name>_mean, _sd, _q03, _q25, _q75, _q97``, ``status``, ``conflict``, ``conflict_d2``,
+        ``prior_used``, ``fit_seconds``.
+
+    Raises
+    ------
+    CalibrationError
+        If no file is given, or the state in ``out_dir`` belongs to another file list or spec.
+    """
+    from bayescal.inference import fit
+    from bayescal.market import read_chain
+
+    settings = settings or UpdateSettings()
+    if not files:
+        raise CalibrationError("track: no chain files given")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = carried_parameters(spec.model, spec.model_settings)
+    base = spec.prior_set
+    quotes_by_file = {}
+    for path in files:
+        quotes_by_file[str(path)] = read_chain(path, underlying=underlying)
+    order = sorted(quotes_by_file, key=lambda p: quotes_by_file[p].attrs["valuation_time"])
+    state_path = out / STATE_FILE
+    identity = {"files": order, "spec_id": spec.spec_id, "settings": asdict(settings)}
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state["identity"] != identity:
+            raise CalibrationError(f"{state_path} belongs to another track (files, spec or settings differ); "
+                                   "use a new output folder")
+        log(f"track: resuming, {len(state['windows'])} of {len(order)} windows already done")
+    else:
+        state = {"identity": identity, "windows": [], "next_prior": base.to_dict()}
+    for i, path in enumerate(order):
+        if i < len(state["windows"]):
+            continue
+        quotes = quotes_by_file[path]
+        prior = _prior_from_dict(state["next_prior"], base)
+        t0 = time.perf_counter()
+        result = fit(replace(spec, prior_set=prior), quotes, progressbar=progressbar)
+        conflict = conflict_check(result, prior, settings.conflict_quantile)
+        prior_used = "joint (previous posterior)" if prior.joint is not None else "base"
+        if conflict["flagged"]:
+            result = fit(spec, quotes, progressbar=progressbar)
+            prior_used = "base (conflict fallback)"
+        seconds = time.perf_counter() - t0
+        status = result.convergence["status"]
+        if i + 1 < len(order):
+            t_next = np.datetime64(quotes_by_file[order[i + 1]].attrs["valuation_time"][:19])
+            days = float((t_next - np.datetime64(quotes.attrs["valuation_time"][:19])) / np.timedelta64(1, "D"))
+        else:
+            days = 0.0
+        if status == "fail":
+            next_prior = inflate_prior(prior, settings, days)
+        else:
+            next_prior = posterior_to_prior(result, base, settings, days)
+        window_file = out / f"window_{i:02d}.nc"
+        result.save(window_file)
+        post = result.posterior
+        summary = {}
+        for n in names:
+            values = post[f"{spec.model}_{n}"].to_numpy().ravel()
+            q = np.quantile(values, [0.03, 0.25, 0.75, 0.97])
+            summary[n] = {"mean": float(values.mean()), "sd": float(values.std()), "q03": float(q[0]),
+                          "q25": float(q[1]), "q75": float(q[2]), "q97": float(q[3])}
+        state["windows"].append({
+            "file": path, "valuation_time": quotes.attrs["valuation_time"], "status": status,
+            "conflict": bool(conflict["flagged"]), "conflict_d2": conflict["d2"], "prior_used": prior_used,
+            "fit_seconds": seconds, "result": window_file.name, "summary": summary,
+        })
+        state["next_prior"] = next_prior.to_dict()
+        _atomic_write_text(state_path, json.dumps(state, indent=1))
+        flag = f", CONFLICT d2={conflict['d2']:.1f}" if conflict["flagged"] else ""
+        log(f"track: window {i + 1}/{len(order)} {quotes.attrs['valuation_time']}: {status}, prior {prior_used}"
+            f"{flag}, {seconds:.1f} s")
+    tree = track_tree(state, names)
+    fd, tmp = tempfile.mkstemp(prefix=f".{TRACK_FILE}.", suffix=".tmp", dir=out)
+    os.close(fd)
+    tree.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, out / TRACK_FILE)
+    return tree
+
+
+def track_tree(state: dict[str, Any], names: list[str]) -> xr.DataTree:
+    """The track summary (dimension ``window``) from a state dictionary."""
+    windows = state["windows"]
+    data: dict[str, Any] = {
+        "valuation_time": ("window", np.array([w["valuation_time"][:19] for w in windows], dtype="datetime64[s]")),
+        "status": ("window", np.array([w["status"] for w in windows])),
+        "conflict": ("window", np.array([w["conflict"] for w in windows])),
+        "conflict_d2": ("window", np.array([w["conflict_d2"] for w in windows], float)),
+        "prior_used": ("window", np.array([w["prior_used"] for w in windows])),
+        "fit_seconds": ("window", np.array([w["fit_seconds"] for w in windows], float)),
+        "file": ("window", np.array([w["file"] for w in windows])),
+    }
+    for n in names:
+        for stat in ("mean", "sd", "q03", "q25", "q75", "q97"):
+            data[f"{n}_{stat}"] = ("window", np.array([w["summary"][n][stat] for w in windows], float))
+    ds = xr.Dataset(data, coords={"window": np.arange(len(windows))},
+                    attrs={"parameters": json.dumps(names), "spec_id": state["identity"]["spec_id"]})
+    return xr.DataTree(ds)
