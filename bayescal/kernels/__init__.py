@@ -10,9 +10,33 @@ Modules
     Black-76 normalised price ``c(k, w, cp)`` and quote-currency price (greeks by autodiff).
 :mod:`bayescal.kernels.svi`
     Raw SVI, SSVI, the butterfly density function ``g`` and SVI-JW conversions.
+:mod:`bayescal.kernels.ssvi_conditions`
+    SSVI no-arbitrage margins (Gatheral & Jacquier 2014, Theorems 4.1 and 4.2).
+:mod:`bayescal.kernels.merton`
+    Merton (1976) jump-diffusion, Poisson series of Black-76 prices.
+:mod:`bayescal.kernels.variance_gamma`
+    Variance Gamma (Madan, Carr & Chang 1998) by COS (Fang & Oosterlee 2008).
+:mod:`bayescal.kernels.sabr`
+    Hagan et al. (2002) lognormal and normal implied vols, alpha from ATM vol.
 """
 
 from bayescal.kernels.black import black76_norm_price, black76_price, norm_cdf
+from bayescal.kernels.merton import (
+    MERTON_DEFAULT_N_TERMS,
+    MERTON_MAX_POISSON_MEAN,
+    merton_norm_price,
+    merton_poisson_tail,
+    merton_price,
+)
+from bayescal.kernels.sabr import sabr_alpha_from_atm_vol, sabr_black76_price, sabr_lognormal_vol, sabr_normal_vol
+from bayescal.kernels.ssvi_conditions import (
+    SsviButterflyMargins,
+    SsviCalendarMargins,
+    ssvi_butterfly_margins,
+    ssvi_calendar_margins,
+    ssvi_calendar_margins_from_phi,
+    ssvi_theta_monotonicity_margin,
+)
 from bayescal.kernels.svi import (
     SviJwParams,
     SviRawParams,
@@ -28,8 +52,35 @@ from bayescal.kernels.svi import (
     svi_raw_g,
     svi_raw_total_variance,
 )
+from bayescal.kernels.variance_gamma import (
+    VG_DEFAULT_N_TERMS,
+    VG_DEFAULT_TRUNCATION_WIDTH,
+    vg_log_cf,
+    vg_norm_price,
+    vg_price,
+)
 
 __all__ = [
+    "MERTON_DEFAULT_N_TERMS",
+    "MERTON_MAX_POISSON_MEAN",
+    "VG_DEFAULT_N_TERMS",
+    "VG_DEFAULT_TRUNCATION_WIDTH",
+    "SsviButterflyMargins",
+    "SsviCalendarMargins",
+    "merton_norm_price",
+    "merton_poisson_tail",
+    "merton_price",
+    "sabr_alpha_from_atm_vol",
+    "sabr_black76_price",
+    "sabr_lognormal_vol",
+    "sabr_normal_vol",
+    "ssvi_butterfly_margins",
+    "ssvi_calendar_margins",
+    "ssvi_calendar_margins_from_phi",
+    "ssvi_theta_monotonicity_margin",
+    "vg_log_cf",
+    "vg_norm_price",
+    "vg_price",
     "SviJwParams",
     "SviRawParams",
     "black76_norm_price",
