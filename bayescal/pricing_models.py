@@ -23,6 +23,8 @@ from pymc_extras.prior import Prior
 
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
+from bayescal.kernels.merton import merton_norm_price
+from bayescal.kernels.sabr import sabr_lognormal_vol
 from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_raw_total_variance
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.priors import PriorSet
@@ -305,3 +307,58 @@ class SsviPowerLaw(PricingModel):
     def kernel(self, k, tau, cp, *, theta, rho, eta, gamma):  # noqa: D102 (documented on the base)
         phi = ssvi_phi_power_law(theta, eta, gamma)
         return pt.sqrt(ssvi_total_variance(k, theta, rho, phi) / tau)
+
+
+class SabrPerExpiry(PricingModel):
+    """SABR per expiry with beta fixed by the spec, Hagan et al. (2002) lognormal implied vol (eq. 2.17a).
+
+    The kernel is evaluated in normalised terms: forward 1 and strike ``exp(k)``, so ``alpha`` is in
+    units of ``F**(1 - beta)`` (for the default ``beta = 1`` it is close to the ATM vol). Per expiry:
+    ``alpha > 0``, ``rho`` in (-1, 1), ``nu > 0`` (vol of vol, per sqrt year). Setting: ``beta`` in [0, 1].
+    """
+
+    lookup_name = "sabr"
+    parameters = ("alpha", "rho", "nu")
+    per_expiry = frozenset(parameters)
+    supports: ClassVar[dict[str, str]] = {"alpha": "positive", "rho": "correlation", "nu": "positive"}
+    kernel_inputs = parameters
+    per_expiry_inputs = frozenset(parameters)
+
+    @classmethod
+    def settings_defaults(cls) -> dict[str, Any]:  # noqa: D102 (documented on the base)
+        return {"beta": 1.0}
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        if not 0.0 <= float(self.settings["beta"]) <= 1.0:
+            raise SpecError(f"model 'sabr': beta must be in [0, 1] (got {self.settings['beta']})")
+
+    def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
+        return self.sample_parameters(priors)
+
+    def kernel(self, k, tau, cp, *, alpha, rho, nu):  # noqa: D102 (documented on the base)
+        return sabr_lognormal_vol(1.0, pt.exp(k), tau, alpha, float(self.settings["beta"]), rho, nu)
+
+
+class MertonSurface(PricingModel):
+    """Merton (1976) jump-diffusion for the whole surface (one parameter set for every expiry).
+
+    Undiscounted normalised price by the Poisson series of Black-76 prices
+    (:func:`bayescal.kernels.merton.merton_norm_price`, 64 terms: tail mass < 1e-12 while
+    ``jump_intensity * tau <= 22.68``). Parameters: diffusion ``volatility``, ``jump_intensity``
+    (per year), ``jump_log_mean`` and ``jump_log_stdev`` of the log jump size; the drift is
+    compensated. Linked to the IV likelihood by the vega map of :func:`bayescal.inference.build_model`.
+    """
+
+    lookup_name = "merton"
+    parameters = ("volatility", "jump_intensity", "jump_log_mean", "jump_log_stdev")
+    supports: ClassVar[dict[str, str]] = {"volatility": "positive", "jump_intensity": "positive",
+                                          "jump_log_mean": "real", "jump_log_stdev": "positive"}
+    kernel_inputs = parameters
+    output = "norm_price"
+
+    def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
+        return self.sample_parameters(priors)
+
+    def kernel(self, k, tau, cp, *, volatility, jump_intensity, jump_log_mean, jump_log_stdev):  # noqa: D102
+        return merton_norm_price(k, tau, volatility, jump_intensity, jump_log_mean, jump_log_stdev, cp)
