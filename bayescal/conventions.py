@@ -27,23 +27,47 @@ EXPIRY_DIM = "expiry"
 
 
 class QuoteStatus(IntEnum):
-    """Status code attached to every quote; only ``OK`` quotes reach a likelihood.
+    """Status code attached to every quote; only ``OK`` quotes reach a likelihood (a closed set).
 
-    The code records the *first* reason a quote was excluded, in the order the
-    filters run; the filter report gives the counts per reason.
+    The code records the *first* reason a quote was excluded. Readers set the source statuses
+    (``INVALID`` ... ``NO_FORWARD``, see :func:`bayescal.market.quotes.make_quotes`); then
+    :func:`bayescal.market.filters.filter_quotes` runs its filters in a fixed order. The filter
+    report (``attrs["filter_report"]``) gives the counts per status and per expiry. The codes are
+    stable (stored results keep them); ``docs/conventions.md`` lists them with their meaning.
     """
 
-    OK = 0
-    NO_BID = 1  #: bid missing or <= 0
+    OK = 0  #: used in the likelihood
+    NO_BID = 1  #: bid missing or <= 0 (Deribit dumps write a missing side as 0.0; CBOE as 0.00)
     NO_ASK = 2  #: ask missing or <= 0
     CROSSED = 3  #: bid > ask
-    TAU_TOO_SHORT = 4  #: time to expiry below the minimum
+    TAU_TOO_SHORT = 4  #: time to expiry below ``FilterSettings.tau_min_days``
     IN_THE_MONEY = 5  #: removed by the out-of-the-money selection
-    BELOW_INTRINSIC = 6  #: mid below intrinsic value / above the no-arbitrage upper bound
-    IV_FAILED = 7  #: implied-vol inversion did not produce a volatility
-    FEW_QUOTES = 8  #: expiry keeps fewer quotes than the minimum per expiry
-    OUT_OF_RANGE = 9  #: |k| outside the log-moneyness window
-    INVALID = 10  #: non-finite or non-positive strike / forward in the source
+    BELOW_INTRINSIC = 6  #: mid (or bid/ask) premium at or below the discounted intrinsic value: no implied vol
+    IV_NOT_FOUND = 7  #: bid/ask/mid implied-vol inversion gave no volatility for another reason (not converged)
+    IV_FAILED = 7  #: former name of ``IV_NOT_FOUND`` (alias, same code)
+    FEW_QUOTES = 8  #: expiry keeps fewer quotes than ``FilterSettings.min_quotes_per_expiry``
+    OUT_OF_RANGE = 9  #: k outside ``FilterSettings.k_range``
+    INVALID = 10  #: strike / forward / discount factor / tau / option type missing, non-finite or <= 0
+    ABOVE_UPPER_BOUND = 11  #: premium at or above the no-arbitrage maximum (D F for a call, D K for a put)
+    NON_POSITIVE_TAU = 12  #: tau == 0 (expiry at the valuation time), or a source-given tau <= 0
+    EXPIRED = 13  #: expiry strictly before the valuation time (tau < 0)
+    DUPLICATE = 14  #: same (expiry, strike, call/put) as another row; the latest row is kept
+    STALE = 15  #: quote time missing, or farther from the valuation time than the staleness window
+    CAPPED_IV = 16  #: the venue capped the quote's implied vol (Deribit writes 500% when a side is far from fair)
+    NO_FORWARD = 17  #: no forward for the expiry (too few two-sided call/put pairs for put-call parity)
+    STATIC_ARBITRAGE = 18  #: flagged by the static-arbitrage checks, removed because ``drop_static_arbitrage``
+
+
+#: statuses the readers assign (before any filter runs), in precedence order
+SOURCE_STATUSES = (
+    QuoteStatus.INVALID,
+    QuoteStatus.EXPIRED,
+    QuoteStatus.NON_POSITIVE_TAU,
+    QuoteStatus.DUPLICATE,
+    QuoteStatus.STALE,
+    QuoteStatus.NO_FORWARD,
+    QuoteStatus.CAPPED_IV,
+)
 
 
 class IVStatus(IntEnum):

@@ -77,10 +77,16 @@ def test_snapshot_mark_iv_reproduced(btc, raw_btc):
 def test_filter_report_counts_every_quote(btc):
     q = filter_quotes(btc, FilterSettings())
     report = filter_report(q)
-    assert [r["filter"] for r in report] == ["invalid_input", "no_bid", "no_ask", "crossed", "tau_min",
-                                             "otm_only", "iv_inversion", "min_quotes_per_expiry"]
+    assert [r["filter"] for r in report] == ["source", "invalid_input", "tau_positive", "no_bid", "no_ask", "crossed",
+                                             "tau_min", "otm_only", "iv_inversion", "static_arbitrage",
+                                             "min_quotes_per_expiry"]
     removed = {r["filter"]: r["removed"] for r in report}
-    assert removed["invalid_input"] == 0
+    assert removed["source"] == removed["invalid_input"] == removed["tau_positive"] == 0
+    assert removed["static_arbitrage"] == 0  # flagged quotes are only dropped with drop_static_arbitrage
+    # every entry splits what it removed by status and by expiry
+    for entry in report:
+        assert sum(entry["removed_by_status"].values()) == sum(entry["removed_by_expiry"].values()) == entry["removed"]
+    assert report[3]["removed_by_status"] == {"no_bid": 18}
     assert removed["no_bid"] == 18
     assert removed["crossed"] == 0
     # 2025-12-31 and 2026-01-01 expiries are < 2 days away at 17:31 UTC on 2025-12-30
