@@ -12,6 +12,8 @@ Modules
     Raw SVI, SSVI, the butterfly density function ``g`` and SVI-JW conversions.
 :mod:`bayescal.kernels.ssvi_conditions`
     SSVI no-arbitrage margins (Gatheral & Jacquier 2014, Theorems 4.1 and 4.2).
+:mod:`bayescal.kernels.heston`, :mod:`bayescal.kernels.bates`
+    Heston (1993) and Bates (1996) by a Lewis-type Fourier integral in real arithmetic.
 :mod:`bayescal.kernels.merton`
     Merton (1976) jump-diffusion, Poisson series of Black-76 prices.
 :mod:`bayescal.kernels.variance_gamma`
@@ -20,7 +22,9 @@ Modules
     Hagan et al. (2002) lognormal and normal implied vols, alpha from ATM vol.
 """
 
+from bayescal.kernels.bates import bates_log_cf, bates_log_mgf, bates_norm_price, bates_price
 from bayescal.kernels.black import black76_norm_price, black76_price, norm_cdf
+from bayescal.kernels.heston import heston_greeks, heston_log_cf, heston_log_mgf, heston_norm_price, heston_price
 from bayescal.kernels.merton import (
     MERTON_DEFAULT_N_TERMS,
     MERTON_MAX_POISSON_MEAN,
@@ -61,6 +65,15 @@ from bayescal.kernels.variance_gamma import (
 )
 
 __all__ = [
+    "bates_log_cf",
+    "bates_log_mgf",
+    "bates_norm_price",
+    "bates_price",
+    "heston_greeks",
+    "heston_log_cf",
+    "heston_log_mgf",
+    "heston_norm_price",
+    "heston_price",
     "MERTON_DEFAULT_N_TERMS",
     "MERTON_MAX_POISSON_MEAN",
     "VG_DEFAULT_N_TERMS",

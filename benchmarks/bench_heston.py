@@ -1,0 +1,150 @@
+"""Benchmark: Heston log-density + gradient (numba) against QuantLib's AnalyticHestonEngine.
+
+Run from the repository root::
+
+    python benchmarks/bench_heston.py [--reps N] [--nodes 64]
+
+For synthetic surfaces of 200 and 1,000 European options (10 expiries from one week to two years,
+strikes spread over +-2 standard deviations of log-moneyness, calls above the forward and puts
+below) it prints
+
+* the cost of one evaluation of a Gaussian price-space log-likelihood of the surface *and* its
+  gradient in the five Heston parameters, compiled with numba through ``pytensor.function``
+  (median over ``--reps`` calls), also in nanoseconds per option per quadrature node;
+* the time QuantLib 1.44's ``AnalyticHestonEngine`` takes to price the same options once, with
+  its default Gauss-Laguerre integration and with the adaptive Gauss-Lobatto integration at
+  relative tolerance 1e-12 (the engine used for the reference values in ``shared/reference``),
+  and the ratio of our log-density + gradient time to the former;
+* the largest absolute price difference between the bayescal kernel and the adaptive QuantLib
+  engine, in units of the forward (target <= 1e-8).
+
+QuantLib is a benchmark dependency only (``pip install bayescal[bench]``); it is never imported by
+the ``bayescal`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import QuantLib as ql
+
+from bayescal.kernels.heston import DEFAULT_NODES, heston_price
+
+SPOT, RATE, DIV = 100.0, 0.03, 0.01
+PARAMS = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "xi": 0.6, "rho": -0.7}
+EXPIRY_DAYS = np.array([7, 14, 30, 61, 91, 182, 273, 365, 548, 730])
+NOISE = 1e-3  # price noise of the Gaussian likelihood, in units of the forward
+
+
+def surface(n_options: int):
+    """Quotes (forward, strike, tau, cp, discount, expiry days) of a synthetic surface."""
+    per_expiry = n_options // EXPIRY_DAYS.size
+    rows = []
+    for days in EXPIRY_DAYS:
+        tau = days / 365.0
+        forward = SPOT * np.exp((RATE - DIV) * tau)
+        sd = np.sqrt(PARAMS["theta"] * tau)
+        for z in np.linspace(-2.0, 2.0, per_expiry):
+            strike = forward * np.exp(z * sd)
+            rows.append((forward, strike, tau, 1.0 if z >= 0 else -1.0, np.exp(-RATE * tau), days))
+    return np.array(rows)
+
+
+def compile_logp(quotes: np.ndarray, n_nodes: int):
+    """numba-compiled ``(v0, kappa, theta, xi, rho) -> [logp, dlogp/dparams...]`` and a pricer."""
+    names = list(PARAMS)
+    theta = [pt.dscalar(n) for n in names]
+    fwd, strike, tau, cp, disc = (pt.constant(quotes[:, j].copy()) for j in range(5))
+    model = heston_price(fwd, strike, tau, cp, disc, *theta, n_nodes=n_nodes)
+    pricer = pytensor.function(theta, model, mode="NUMBA")
+    observed = pricer(*PARAMS.values())
+    sigma = NOISE * quotes[:, 0]
+    logp = -0.5 * pt.sum(pt.sqr((model - observed) / sigma))
+    grads = pytensor.grad(logp, theta)
+    return pytensor.function(theta, [logp, *grads], mode="NUMBA"), pricer
+
+
+def quantlib_options(quotes: np.ndarray):
+    """QuantLib options sharing one spot quote, with a default and an adaptive engine."""
+    today = ql.Date(15, 1, 2025)
+    ql.Settings.instance().evaluationDate = today
+    dc = ql.Actual365Fixed()
+    spot = ql.SimpleQuote(SPOT)
+    rates = ql.YieldTermStructureHandle(ql.FlatForward(today, RATE, dc))
+    divs = ql.YieldTermStructureHandle(ql.FlatForward(today, DIV, dc))
+    process = ql.HestonProcess(rates, divs, ql.QuoteHandle(spot), *(PARAMS[n] for n in ("v0", "kappa", "theta")),
+                               PARAMS["xi"], PARAMS["rho"])
+    model = ql.HestonModel(process)
+    engines = {
+        "default": ql.AnalyticHestonEngine(model),
+        "adaptive": ql.AnalyticHestonEngine(model, 1e-12, 1000000),
+    }
+    options = []
+    for _, strike, _, cp, _, days in quotes:
+        payoff = ql.PlainVanillaPayoff(ql.Option.Call if cp > 0 else ql.Option.Put, float(strike))
+        options.append(ql.VanillaOption(payoff, ql.EuropeanExercise(today + int(days))))
+    return spot, options, engines
+
+
+def time_quantlib(spot, options, engine, reps: int) -> tuple[float, np.ndarray]:
+    """Median seconds to price all options once (the spot quote is nudged to force recalculation)."""
+    for opt in options:
+        opt.setPricingEngine(engine)
+    times = []
+    for i in range(reps):
+        spot.setValue(SPOT * (1.0 + 1e-12 * (i % 2)))
+        t0 = time.perf_counter()
+        prices = np.array([opt.NPV() for opt in options])
+        times.append(time.perf_counter() - t0)
+    spot.setValue(SPOT)
+    prices = np.array([opt.NPV() for opt in options])
+    return float(np.median(times)), prices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=30, help="timed repetitions (median reported)")
+    parser.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="quadrature nodes per option")
+    args = parser.parse_args()
+
+    header = (
+        f"{'options':>7} {'nodes':>5} {'compile s':>9} {'logp+grad ms':>12} {'ns/opt/node':>11} "
+        f"{'QL default ms':>13} {'ratio':>6} {'QL adaptive ms':>14} {'max|err|/F':>10}"
+    )
+    print(f"Heston {PARAMS}, S={SPOT}, r={RATE}, q={DIV}; 10 expiries 7d..2y, strikes +-2 sd")
+    print(header)
+    print("-" * len(header))
+    for n_options in (200, 1000):
+        quotes = surface(n_options)
+        t0 = time.perf_counter()
+        fn, pricer = compile_logp(quotes, args.nodes)
+        fn(*PARAMS.values())  # first call: numba compilation
+        compile_s = time.perf_counter() - t0
+        point = np.array(list(PARAMS.values())) * 1.01
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            fn(*point)
+            times.append(time.perf_counter() - t0)
+        t_ours = float(np.median(times))
+        ours = pricer(*PARAMS.values())
+
+        spot, options, engines = quantlib_options(quotes)
+        reps_ql = max(3, args.reps // 5)
+        t_default, _ = time_quantlib(spot, options, engines["default"], reps_ql)
+        t_adaptive, ql_prices = time_quantlib(spot, options, engines["adaptive"], reps_ql)
+        err = np.max(np.abs(ours - ql_prices) / quotes[:, 0])
+        print(
+            f"{n_options:>7d} {args.nodes:>5d} {compile_s:>9.1f} {1e3 * t_ours:>12.2f} "
+            f"{1e9 * t_ours / (n_options * args.nodes):>11.1f} {1e3 * t_default:>13.2f} "
+            f"{t_ours / t_default:>6.2f} {1e3 * t_adaptive:>14.2f} {err:>10.1e}"
+        )
+    print("ratio = (bayescal log-density + 5-parameter gradient) / (QuantLib default engine, prices only)")
+
+
+if __name__ == "__main__":
+    main()
