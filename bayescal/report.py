@@ -1,7 +1,11 @@
-"""Run outputs: ArviZ summary table, one smile figure per expiry, and a self-contained HTML report.
+"""Run outputs: ArviZ summary table, smile and diagnostic figures, and self-contained HTML reports.
 
-Plot data are computed first (:func:`smile_bands`, numbers that tests can check), then drawn with
-matplotlib (Agg backend, never ``show()``).
+Plot data are computed first (:func:`smile_bands`, :func:`diagnostic_data`, :func:`track_report_data`:
+numbers that tests can check), then drawn with matplotlib (Agg backend, never ``show()``); the MCMC
+diagnostics (trace, rank, pair) are drawn by arviz-plots with its matplotlib backend. Reports embed
+every figure as a base64 PNG, load nothing from elsewhere (a content-security policy forbids it) and
+open offline; a small inline script records page errors and image loading on ``<body>`` so that a
+headless browser can check the rendered page.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
-from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
+from jinja2 import Environment, PackageLoader, Undefined, select_autoescape  # noqa: E402
 
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM  # noqa: E402
 from bayescal.greeks import atm_greeks_table  # noqa: E402
@@ -105,12 +109,181 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary files
     os.replace(tmp, path)
 
 
+def _png(fig: plt.Figure, dpi: float | None = None) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- MCMC diagnostics: which parameters, the data to draw, the drawing --------------------------------
+
+#: target time to expiry (days) of the expiry shown in the diagnostic plots of per-expiry models
+DIAGNOSTIC_EXPIRY_DAYS = 30.0
+#: at most this many draws are scattered in the pair plot (evenly thinned per chain)
+PAIR_MAX_DRAWS = 2000
+#: at most this many parameters in the pair plot: the model's (first ones), then the noise floor if room
+PAIR_MAX_VARS = 8
+
+
+def key_parameters(result: CalibrationResult, target_days: float = DIAGNOSTIC_EXPIRY_DAYS) -> dict[str, Any]:
+    """The sampled parameters the diagnostic plots show, and the expiry they are shown at.
+
+    Parameters
+    ----------
+    result : CalibrationResult
+    target_days : float
+        For models with per-expiry parameters, the expiry whose time to expiry is nearest to this
+        many days is shown (``None`` expiry otherwise).
+
+    Returns
+    -------
+    dict
+        ``var_names`` (the model's sampled parameters ``<model>_<name>`` then the likelihood's noise
+        parameters, as stored in the posterior), ``pair_var_names`` (the model's parameters then
+        the first noise parameter, at most :data:`PAIR_MAX_VARS`), ``expiry`` (label or ``None``),
+        ``expiry_index`` (int or ``None``), ``expiry_days`` (float or ``None``) and ``coords``
+        (``{"expiry": label}`` or empty).
+    """
+    from bayescal.likelihoods import LIKELIHOODS, IVLikelihood
+
+    spec = result.spec
+    pricing = get_pricing_model(result.idata.attrs["model"], **(spec.get("model_settings") or {}))
+    posterior = result.posterior
+    model_vars = [pricing.name(p) for p in pricing.parameters if pricing.name(p) in posterior]
+    kind = (spec.get("likelihood") or {}).get("kind", IVLikelihood.lookup_name)
+    noise = LIKELIHOODS.get(kind, IVLikelihood).noise_parameters
+    noise_vars = [n for n in noise if n in posterior]
+    var_names = model_vars + noise_vars
+    per_expiry = any(EXPIRY_DIM in posterior[v].dims for v in var_names)
+    out: dict[str, Any] = {"var_names": var_names, "expiry": None, "expiry_index": None, "expiry_days": None,
+                           "coords": {}}
+    if per_expiry:
+        days = 365.0 * result.idata["constant_data"]["tau_expiry"].to_numpy()
+        e = int(np.argmin(np.abs(days - target_days)))
+        label = str(posterior[EXPIRY_DIM].to_numpy()[e])
+        out.update(expiry=label, expiry_index=e, expiry_days=float(days[e]), coords={EXPIRY_DIM: label})
+    out["pair_var_names"] = (model_vars + noise_vars[:1])[:PAIR_MAX_VARS]
+    return out
+
+
+def diagnostic_data(result: CalibrationResult, target_days: float = DIAGNOSTIC_EXPIRY_DAYS) -> xr.DataTree:
+    """The draws the trace, rank and pair plots show (plot data, no drawing).
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` with the :func:`key_parameters` variables at the chosen expiry (no ``expiry``
+        dimension left), ``sample_stats`` with ``diverging`` when the fit has it (NUTS), and root
+        attrs ``var_names``, ``pair_var_names`` (JSON lists), ``expiry`` (label or ``""``),
+        ``expiry_days``, ``fit_method``, ``approximate`` (0/1), ``chains`` and ``draws``.
+    """
+    keys = key_parameters(result, target_days)
+    posterior = result.posterior[keys["var_names"]]
+    if keys["coords"]:
+        posterior = posterior.sel(keys["coords"]).drop_vars(EXPIRY_DIM, errors="ignore")
+    groups: dict[str, xr.Dataset] = {"posterior": posterior}
+    if "sample_stats" in result.idata.children and "diverging" in result.idata["sample_stats"]:
+        groups["sample_stats"] = result.idata["sample_stats"].to_dataset()[["diverging"]]
+    tree = xr.DataTree.from_dict(groups)
+    attrs = result.idata.attrs
+    tree.attrs.update({
+        "var_names": json.dumps(keys["var_names"]), "pair_var_names": json.dumps(keys["pair_var_names"]),
+        "expiry": keys["expiry"] or "", "expiry_days": float("nan") if keys["expiry_days"] is None
+        else keys["expiry_days"], "fit_method": attrs.get("fit_method", ""),
+        "approximate": int(attrs.get("approximate", 0)), "chains": int(posterior.sizes["chain"]),
+        "draws": int(posterior.sizes["draw"]),
+    })
+    return tree
+
+
+def _thinned(data: xr.DataTree, max_draws: int) -> xr.DataTree:
+    """Every group thinned evenly along ``draw`` to at most ``max_draws`` draws in total."""
+    chains, draws = data.attrs["chains"], data.attrs["draws"]
+    if chains * draws <= max_draws:
+        return data
+    keep = np.unique(np.linspace(0, draws - 1, max(max_draws // chains, 2)).round().astype(int))
+    thinned = xr.DataTree.from_dict({name: node.to_dataset().isel(draw=keep) for name, node in data.children.items()})
+    thinned.attrs.update(data.attrs)
+    return thinned
+
+
+def _diagnostic_title(data: xr.DataTree, what: str) -> str:
+    at = f" at expiry {data.attrs['expiry']} UTC ({data.attrs['expiry_days']:.0f} days)" if data.attrs["expiry"] else ""
+    approx = f"   [APPROXIMATE FIT: {data.attrs['fit_method']}]" if data.attrs["approximate"] else ""
+    return f"{what}{at}: {data.attrs['chains']} chain(s) x {data.attrs['draws']} draws{approx}"
+
+
+def _finish(fig: plt.Figure, title: str) -> plt.Figure:
+    fig.suptitle(title, fontsize=10)
+    fig.set_layout_engine("constrained")
+    return fig
+
+
+def plot_trace_dist(data: xr.DataTree) -> plt.Figure:
+    """ArviZ trace plot (marginal density per chain and the trace) of :func:`diagnostic_data`."""
+    names = json.loads(data.attrs["var_names"])
+    pc = az.plot_trace_dist(data, var_names=names, backend="matplotlib",
+                            figure_kwargs={"figsize": (10.0, 1.6 * len(names) + 0.8)})
+    return _finish(pc.get_viz("figure"), _diagnostic_title(data, "Trace"))
+
+
+def plot_rank(data: xr.DataTree) -> plt.Figure:
+    """ArviZ rank plot (fractional-rank ECDF difference per chain, with its envelope) of :func:`diagnostic_data`."""
+    names = json.loads(data.attrs["var_names"])
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    pc = az.plot_rank(data, var_names=names, backend="matplotlib", col_wrap=cols,
+                      figure_kwargs={"figsize": (10.0, 2.3 * rows + 0.6)})
+    return _finish(pc.get_viz("figure"), _diagnostic_title(data, "Rank ECDF"))
+
+
+def plot_pair(data: xr.DataTree, max_draws: int = PAIR_MAX_DRAWS) -> plt.Figure:
+    """ArviZ pair plot (scatter, marginals, divergences) of the key parameters of :func:`diagnostic_data`."""
+    names = json.loads(data.attrs["pair_var_names"])
+    thinned = _thinned(data, max_draws)
+    size = 1.7 * len(names) + 0.8
+    visuals = {} if "sample_stats" in thinned.children else {"divergence": False}
+    pm_ = az.plot_pair(thinned, var_names=names, backend="matplotlib", visuals=visuals,
+                       figure_kwargs={"figsize": (size, size)})
+    return _finish(pm_.get_viz("figure"), _diagnostic_title(thinned, "Pairs"))
+
+
+def diagnostic_figures(result: CalibrationResult) -> list[dict[str, Any]]:
+    """Trace, rank (NUTS fits only: approximate draws are not Markov chains) and pair figures as PNG.
+
+    Returns
+    -------
+    list of dict
+        ``name`` (``trace``, ``rank``, ``pair``), ``title``, ``caption`` and ``png`` (bytes).
+    """
+    data = diagnostic_data(result)
+    where = (f" at the expiry nearest {DIAGNOSTIC_EXPIRY_DAYS:.0f} days ({data.attrs['expiry']} UTC, "
+             f"{data.attrs['expiry_days']:.1f} days)" if data.attrs["expiry"] else "")
+    figures = []
+    if not data.attrs["approximate"]:
+        figures.append({"name": "trace", "title": "Trace plot", "png": _png(plot_trace_dist(data)),
+                        "caption": f"Sampled parameters{where}: density per chain (left) and the chains' draws "
+                                   "(right); chains that disagree or wander show here."})
+        figures.append({"name": "rank", "title": "Rank plot", "png": _png(plot_rank(data)),
+                        "caption": "Fractional-rank ECDF minus the uniform one, per chain, with a simultaneous "
+                                   "envelope: chains that mix well stay inside it (Vehtari et al. 2021)."})
+    figures.append({"name": "pair", "title": "Pair plot", "png": _png(plot_pair(data)),
+                    "caption": f"Joint posterior of the model's sampled parameters{where} "
+                               f"(at most {PAIR_MAX_DRAWS} draws; divergent transitions marked)."})
+    return figures
+
+
 def write_outputs(result: CalibrationResult, out_dir: str | Path, result_name: str = "result.nc") -> dict[str, Path]:
-    """Write summary table, quotes with statuses, ATM greeks with 94% intervals (CSV), smile figures (PNG)
-    and ``report.html``.
+    """Write summary table, quotes with statuses, ATM greeks with 94% intervals (CSV), smile and
+    diagnostic figures (PNG) and ``report.html``.
 
     Every file is written atomically. Returns the paths by kind.
     """
@@ -130,17 +303,17 @@ def write_outputs(result: CalibrationResult, out_dir: str | Path, result_name: s
     approximate = bool(result.idata.attrs.get("approximate", 0))
     figures = []
     for i, band in enumerate(smile_bands(result)):
-        fig = plot_smile(band, approximate)
-        png = out / "figures" / f"smile_{i:02d}_{band['expiry'][:10]}.png"
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        _atomic_write_bytes(png, buf.getvalue())
-        figures.append({"expiry": band["expiry"], "png": base64.b64encode(buf.getvalue()).decode(),
+        png = _png(plot_smile(band, approximate))
+        _atomic_write_bytes(out / "figures" / f"smile_{i:02d}_{band['expiry'][:10]}.png", png)
+        figures.append({"expiry": band["expiry"], "png": base64.b64encode(png).decode(),
                         "rmse": float(100 * np.sqrt(np.mean((band["iv_model_mean"] - band["mid_iv"]) ** 2))),
                         "n": len(band["k"])})
-        plt.close(fig)
+    diagnostics = diagnostic_figures(result)
+    for fig in diagnostics:
+        _atomic_write_bytes(out / "figures" / f"{fig['name']}.png", fig["png"])
+        fig["png"] = base64.b64encode(fig["png"]).decode()
     paths["figures"] = out / "figures"
-    html = render_report(result, summary, figures, greeks)
+    html = render_report(result, summary, figures, greeks, diagnostics)
     _atomic_write_bytes(paths["report"], html.encode())
     return paths
 
@@ -151,14 +324,38 @@ def _status_name(code: int) -> str:
     return QuoteStatus(int(code)).name.lower()
 
 
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("bayescal", "templates"), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["num"] = _num
+    return env
+
+
+def _num(value: Any, fmt: str = "%.4g", missing: str = "n/a") -> str:
+    """Format a number; NaN and None as ``missing`` (approximate fits have no R-hat)."""
+    if value is None or isinstance(value, Undefined):
+        return missing
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return missing
+    return missing if not np.isfinite(x) else fmt % x
+
+
 def render_report(result: CalibrationResult, summary: pd.DataFrame, figures: list[dict[str, Any]],
-                  greeks: pd.DataFrame) -> str:
-    """The self-contained HTML report (figures embedded as base64 PNG; opens offline)."""
-    env = Environment(loader=PackageLoader("bayescal", "templates"), autoescape=select_autoescape(["html"]))
+                  greeks: pd.DataFrame, diagnostics: list[dict[str, Any]] | None = None) -> str:
+    """The self-contained HTML report (figures embedded as base64 PNG; opens offline).
+
+    ``figures`` are the smiles (``expiry``, ``png`` base64 text, ``rmse``, ``n``); ``diagnostics``
+    the MCMC figures (``name``, ``title``, ``caption``, ``png`` base64 text), as :func:`write_outputs`
+    builds them.
+    """
+    from bayescal.market.filters import status_table
+
     attrs = result.idata.attrs
     quotes = result.quotes
-    return env.get_template("report.html.j2").render(
+    return _environment().get_template("report.html.j2").render(
         attrs=attrs,
+        approximate=bool(int(attrs.get("approximate", 0))),
         spec=result.spec,
         versions=json.loads(attrs["versions"]),
         convergence=result.convergence,
@@ -166,10 +363,13 @@ def render_report(result: CalibrationResult, summary: pd.DataFrame, figures: lis
         timings=result.timings,
         filters=filter_report(quotes),
         status_counts=status_counts(quotes),
+        status_html=status_table(quotes).to_html(classes="statuses"),
         n_quotes=int(quotes.sizes[QUOTE_DIM]),
         summary_html=summary.to_html(classes="summary", float_format=lambda v: f"{v:.4g}"),
         greeks_html=greeks.to_html(classes="greeks", index=False, float_format=lambda v: f"{v:.5g}"),
         figures=figures,
+        diagnostics=diagnostics or [],
+        bayescal_version=attrs.get("bayescal_version", ""),
     )
 
 
@@ -250,3 +450,126 @@ def write_track_figure(tree: xr.DataTree, path: str | Path) -> Path:
     plt.close(fig)
     _atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+# --- track (sequential) report -----------------------------------------------------------------------
+
+def _load_track(path: Path) -> xr.DataTree:
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+        return tree.load().copy()
+
+
+def track_report_data(run_dir: str | Path) -> dict[str, Any]:
+    """What a track report shows, read from a ``bayescal track`` folder (plot and table data, no drawing).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Folder holding ``track.nc``; ``track_state.json`` (settings) and the ``window_NN.nc``
+        results (per-window diagnostics) are used when present.
+
+    Returns
+    -------
+    dict
+        ``tree`` (the track DataTree), ``parameters`` (carried parameter names), ``settings`` (update
+        settings, or empty), ``spec_id``, ``n_windows``, ``n_conflicts``, ``n_failed``, ``statuses``
+        (count per gate status), ``windows`` (one dict per window: ``index``, ``valuation_time``,
+        ``file``, ``status``, ``conflict``, ``conflict_d2``, ``prior_used``, ``fit_seconds``, ``params``
+        (name to ``mean``, ``q03``, ``q97``) and, when its result file exists, ``result_file``,
+        ``max_rhat``, ``min_ess_bulk``, ``divergences``, ``rmse`` (vol points), ``arbitrage_free_share``,
+        ``approximate``) and ``latest`` (the last window's :class:`CalibrationResult`, or ``None``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` has no ``track.nc``.
+    """
+    from bayescal.sequential import STATE_FILE, TRACK_FILE
+
+    run = Path(run_dir)
+    track_path = run / TRACK_FILE
+    if not track_path.is_file():
+        raise FileNotFoundError(f"{track_path} does not exist: not a `bayescal track` output folder")
+    tree = _load_track(track_path)
+    ds = tree.to_dataset()
+    state = json.loads((run / STATE_FILE).read_text()) if (run / STATE_FILE).is_file() else {}
+    names = json.loads(ds.attrs["parameters"])
+    windows = []
+    latest = None
+    for i in range(ds.sizes["window"]):
+        w = ds.isel(window=i)
+        row: dict[str, Any] = {
+            "index": i, "valuation_time": str(w["valuation_time"].to_numpy())[:19],
+            "file": Path(str(w["file"].to_numpy())).name, "status": str(w["status"].to_numpy()),
+            "conflict": bool(w["conflict"].to_numpy()), "conflict_d2": float(w["conflict_d2"].to_numpy()),
+            "prior_used": str(w["prior_used"].to_numpy()), "fit_seconds": float(w["fit_seconds"].to_numpy()),
+            "params": {n: {s: float(w[f"{n}_{s}"].to_numpy()) for s in ("mean", "q03", "q97")} for n in names},
+        }
+        recorded = state.get("windows", [])
+        result_name = recorded[i]["result"] if i < len(recorded) else f"window_{i:02d}.nc"
+        if (run / result_name).is_file():
+            result = CalibrationResult.load(run / result_name)
+            conv, quality = result.convergence, result.fit_quality
+            row.update(result_file=result_name, max_rhat=conv["max_rhat"], min_ess_bulk=conv["min_ess_bulk"],
+                       divergences=conv["divergences"], rmse=quality["rmse_vol_points"],
+                       arbitrage_free_share=quality["arbitrage_free_share"],
+                       approximate=int(result.idata.attrs.get("approximate", 0)))
+            if i == ds.sizes["window"] - 1:
+                latest = result
+        windows.append(row)
+    statuses, counts = np.unique(ds["status"].to_numpy().astype(str), return_counts=True)
+    return {
+        "tree": tree, "parameters": names, "settings": state.get("identity", {}).get("settings", {}),
+        "spec_id": ds.attrs.get("spec_id", ""), "n_windows": int(ds.sizes["window"]),
+        "n_conflicts": int(ds["conflict"].to_numpy().astype(bool).sum()),
+        "n_failed": int((ds["status"].to_numpy().astype(str) == "fail").sum()),
+        "statuses": {str(s): int(n) for s, n in zip(statuses, counts, strict=True)},
+        "windows": windows, "latest": latest,
+    }
+
+
+def write_track_report(run_dir: str | Path) -> dict[str, Path]:
+    """Write ``track.png`` and a self-contained ``report.html`` for a ``bayescal track`` folder.
+
+    The report shows every carried parameter's posterior mean with 50% and 94% bands over the
+    windows (conflict flags and failed gates marked), a table per window (gate status, conflict
+    flag and Mahalanobis d2, prior used, diagnostics and fit quality of the window's result) and
+    the latest window's smiles. Files are written atomically.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Folder holding ``track.nc`` (as written by :func:`bayescal.sequential.run_track`).
+
+    Returns
+    -------
+    dict of str to Path
+        ``report`` (the HTML file) and ``figure`` (``track.png``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` has no ``track.nc``.
+    """
+    run = Path(run_dir)
+    data = track_report_data(run)
+    figure = write_track_figure(data["tree"], run / "track.png")
+    smiles = []
+    latest = data["latest"]
+    if latest is not None:
+        approximate = bool(latest.idata.attrs.get("approximate", 0))
+        for band in smile_bands(latest):
+            smiles.append({"expiry": band["expiry"], "n": len(band["k"]),
+                           "png": base64.b64encode(_png(plot_smile(band, approximate))).decode(),
+                           "rmse": float(100 * np.sqrt(np.mean((band["iv_model_mean"] - band["mid_iv"]) ** 2)))})
+    from bayescal import __version__
+
+    html = _environment().get_template("track_report.html.j2").render(
+        data=data, windows=data["windows"], parameters=data["parameters"],
+        track_png=base64.b64encode(figure.read_bytes()).decode(), smiles=smiles,
+        latest_attrs=latest.idata.attrs if latest is not None else {}, run_dir=str(run.resolve()),
+        bayescal_version=__version__,
+    )
+    report = run / "report.html"
+    _atomic_write_bytes(report, html.encode())
+    return {"report": report, "figure": figure}

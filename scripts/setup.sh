@@ -41,4 +41,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# headless Chromium renders the HTML reports in tests/test_report.py (Debian's package; only when missing)
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "bayescal setup: installing chromium (apt-get) for the report tests"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "bayescal setup: warning: chromium is missing and this is not root with apt-get; the report tests" \
+             "will fail until it is installed (apt-get update && apt-get install -y chromium)" >&2
+    fi
+fi
 echo "bayescal setup: ready ($(.venv/bin/python --version), bayescal $(.venv/bin/python -c 'import bayescal; print(bayescal.__version__)'))"
