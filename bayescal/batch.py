@@ -59,8 +59,9 @@ from typing import Any
 
 from bayescal.errors import BayescalError
 
-__all__ = ["BatchSummary", "BatchTask", "ManifestError", "add_batch_parser", "compile_key", "load_manifest",
-           "make_task", "read_index", "result_path", "run_batch", "run_batch_command", "run_task", "write_index"]
+__all__ = ["BatchSummary", "BatchTask", "ManifestError", "add_batch_parser", "clear_compile_cache", "compile_key",
+           "load_manifest", "make_task", "read_index", "result_path", "run_batch", "run_batch_command", "run_task",
+           "write_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -859,7 +860,10 @@ def run_batch(tasks: list[BatchTask], out: str | Path, *, workers: int | None = 
     if todo and workers == 0 and client is None and scheduler is None:
         if compiledir is not None:
             if "pytensor" in sys.modules:
-                log("bayescal batch: PyTensor already imported here; --compiledir ignored in serial mode")
+                import pytensor
+
+                if Path(pytensor.config.base_compiledir).absolute() != Path(compiledir).absolute():
+                    log("bayescal batch: PyTensor was imported before; compiledir ignored in serial mode")
             else:
                 os.environ.update({"PYTENSOR_FLAGS": _worker_env(compiledir)["PYTENSOR_FLAGS"]})
         for task in todo:
@@ -987,6 +991,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
         0 when every task finished with a result whose gate is not ``fail``; 1 when a task failed (error) or
         a result failed its gate; 2 on bad input (manifest, options).
     """
+    if args.compiledir and args.workers == 0 and "pytensor" not in sys.modules:
+        # serial: this process compiles; set the directory before reading the manifest imports PyTensor
+        os.environ["PYTENSOR_FLAGS"] = _worker_env(args.compiledir)["PYTENSOR_FLAGS"]
     try:
         tasks = load_manifest(args.manifest)
         summary = run_batch(tasks, args.out, workers=args.workers, threads_per_worker=args.threads_per_worker,

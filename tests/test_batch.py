@@ -15,6 +15,7 @@ from bayescal.batch import (
     INDEX_COLUMNS,
     ManifestError,
     add_batch_parser,
+    clear_compile_cache,
     load_manifest,
     make_task,
     read_index,
@@ -58,10 +59,12 @@ def _arrays_equal(path_a, path_b) -> bool:
 
 
 @pytest.mark.slow
-def test_dask_batch_survives_a_killed_worker_and_matches_serial(tmp_path):
+def test_dask_batch_survives_a_killed_worker_and_matches_serial(tmp_path, shared_data):
     """2-worker local cluster, one worker killed (SIGKILL) mid-batch: every task finishes exactly once, results
-    equal a serial run bit for bit; a failing task is recorded; a rerun skips the finished tasks."""
+    equal a serial run bit for bit; a failing task is recorded; a track runs as one task; a rerun skips the
+    finished tasks."""
     good, missing = _small_tasks(tmp_path)
+    clear_compile_cache()
     serial = run_batch(good, tmp_path / "serial", workers=0, log=lambda line: None)
     assert serial.ran == 8 and serial.failed == 0
     assert (serial.index["status"] == "ok").all()
@@ -85,34 +88,43 @@ def test_dask_batch_survives_a_killed_worker_and_matches_serial(tmp_path):
         kill.update(worker=victims[0], keys=list(processing[victims[0]]), pid=pids[victims[0]])
         os.kill(kill["pid"], signal.SIGKILL)
 
+    # a sequential track (2 daily windows) runs as one task next to the fits
+    days = sorted(DAILY.glob("*.csv"))[:2]
+    track = make_task("track", "ssvi", files=days, underlying="BTC", overrides=SMALL)
     out = tmp_path / "dask"
-    dist = run_batch([*good, missing], out, workers=2, threads_per_worker=1, on_result=on_result,
+    dist = run_batch([*good, missing, track], out, workers=2, threads_per_worker=1, on_result=on_result,
                      log=lambda line: None)
     assert kill and kill["keys"], "the killed worker had no task"
     with pytest.raises(ProcessLookupError):
         os.kill(kill["pid"], 0)
     ids = [t.task_id for t in good]
-    assert sorted(seen) == sorted([*ids, missing.task_id])  # one result per task, none twice
+    everything = sorted([*ids, missing.task_id, track.task_id])
+    assert sorted(seen) == everything  # one result per task, none twice
     index = read_index(out)
     assert list(index.columns) == list(INDEX_COLUMNS)
-    assert sorted(index["task_id"]) == sorted([*ids, missing.task_id])
+    assert sorted(index["task_id"]) == everything
     rows = index.set_index("task_id")
+    assert rows.loc[track.task_id, "status"] == "ok", rows.loc[track.task_id, "error"]
+    assert sum(int(part.split()[1]) for part in rows.loc[track.task_id, "gate_detail"].split(", ")) == 2
+    assert result_path(out, track).is_file() and len(list(result_path(out, track).parent.glob("window_*.nc"))) == 2
     assert (rows.loc[ids, "status"] == "ok").all()
     assert (rows.loc[ids, "compile_cache"] != "reused").all()
+    for key in kill["keys"]:  # the killed worker's tasks were rerun elsewhere
+        assert rows.loc[str(key).removeprefix("bayescal-batch-"), "worker"] != kill["worker"]
     assert rows.loc[missing.task_id, "status"] == "error"
     assert "no_such_chain.csv" in rows.loc[missing.task_id, "error"]
     assert (out / "errors" / f"{missing.task_id}.txt").is_file()
-    assert dist.ran == 9 and dist.failed == 1
+    assert dist.ran == 10 and dist.failed == 1
     files = sorted(p.name for p in (out / "results").iterdir())
     assert files == sorted(f"{i}.nc" for i in ids)  # each written once, no temporary leftovers
     for task in good:
         assert _arrays_equal(result_path(out, task), result_path(tmp_path / "serial", task)), task.label
 
     mtimes = {i: result_path(out, t).stat().st_mtime_ns for i, t in zip(ids, good, strict=True)}
-    again = run_batch([*good, missing], out, workers=0, log=lambda line: None)
-    assert again.skipped == 8 and again.ran == 1 and again.failed == 1
+    again = run_batch([*good, missing, track], out, workers=0, log=lambda line: None)
+    assert again.skipped == 9 and again.ran == 1 and again.failed == 1
     assert {i: result_path(out, t).stat().st_mtime_ns for i, t in zip(ids, good, strict=True)} == mtimes
-    assert sorted(read_index(out)["task_id"]) == sorted([*ids, missing.task_id])
+    assert sorted(read_index(out)["task_id"]) == everything
 
 
 def test_toml_manifest_glob_times_specs_and_tracks(tmp_path, shared_data):
