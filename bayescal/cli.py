@@ -263,6 +263,12 @@ def _print_summary(result, paths: dict[str, Path], wall: float) -> None:
         f" static arbitrage: {100 * quality['arbitrage_free_share']:.1f}% of posterior draws free of butterfly and "
         f"calendar arbitrage (butterfly {100 * quality['butterfly_free_share']:.1f}%, "
         f"calendar {100 * quality['calendar_free_share']:.1f}%)",
+    ]
+    if "kernel_max_abs_error" in quality:
+        lines.append(f" likelihood kernel vs exact per-quote kernel on {quality['kernel_draws_checked']} draws: max "
+                     f"{quality['kernel_max_abs_error']:.1e} x forward "
+                     f"({quality['kernel_max_iv_error_vol_points']:.1e} vol points)")
+    lines += [
         f" wall time: {wall:.1f} s (fit incl. compilation {result.timings['fit_seconds']:.1f} s)",
         f" result:  {paths['result']}",
         f" summary: {paths['summary']}",

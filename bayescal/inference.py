@@ -6,6 +6,7 @@ sampling -> posterior predictive -> convergence gate -> :class:`~bayescal.result
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -21,6 +22,9 @@ from bayescal.market.filters import filter_quotes, used_quotes
 from bayescal.pricing_models import get_pricing_model
 from bayescal.results import CalibrationResult
 from bayescal.spec import CalibrationSpec, FitConfig
+
+#: Largest accepted difference (vol points) between a fast likelihood kernel and the exact kernel.
+KERNEL_IV_TOLERANCE_VOL_POINTS = 0.01
 
 
 def expiry_labels(used: xr.Dataset) -> list[str]:
@@ -72,7 +76,8 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
         }
         half_spread = pm.Data("half_spread_iv", 0.5 * (used["ask_iv"] - used["bid_iv"]).to_numpy(), dims=QUOTE_DIM)
         tau_e = pm.Data("tau_expiry", tau_expiry, dims=EXPIRY_DIM)
-        out = pricing.model_output(spec.prior_set, data["k"], data["tau"], data["cp"], data["expiry_idx"], tau_e)
+        out = pricing.model_output(spec.prior_set, data["k"], data["tau"], data["cp"], data["expiry_idx"], tau_e,
+                                   quotes=used)
         if pricing.output == "norm_price":
             out = pm.Deterministic("norm_price_model", out, dims=QUOTE_DIM)
             c_mid = pm.Data("norm_mid", used["norm_mid"].to_numpy(), dims=QUOTE_DIM)
@@ -195,7 +200,15 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
     gate = convergence_gate(idata, free) if cfg.method == "nuts" else approximate_gate(cfg.method)
     quality = fit_quality(idata)
     pricing = get_pricing_model(spec.model, **spec.model_settings)
-    quality.update(arbitrage_free_share(pricing, idata["posterior"].to_dataset(), idata["constant_data"].to_dataset()))
+    posterior, const = idata["posterior"].to_dataset(), idata["constant_data"].to_dataset()
+    quality.update(arbitrage_free_share(pricing, posterior, const))
+    quality.update(pricing.likelihood_kernel_check(posterior, const))
+    if quality.get("kernel_max_iv_error_vol_points", 0.0) > KERNEL_IV_TOLERANCE_VOL_POINTS:
+        reason = (f"likelihood kernel differs from the exact kernel by up to "
+                  f"{quality['kernel_max_iv_error_vol_points']:.3g} vol points on posterior draws "
+                  f"(tolerance {KERNEL_IV_TOLERANCE_VOL_POINTS}); raise model_settings.n_nodes")
+        gate = dataclasses.replace(gate, status="warn" if gate.status == "ok" else gate.status,
+                                   reasons=[*gate.reasons, reason])
     timings = {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0}
     return CalibrationResult.from_fit(idata, spec, filtered, gate, quality, timings)
 

@@ -23,8 +23,11 @@ from pymc_extras.prior import Prior
 
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
+from bayescal.kernels.bates import bates_norm_price
+from bayescal.kernels.heston import heston_norm_price
 from bayescal.kernels.merton import merton_norm_price
 from bayescal.kernels.sabr import sabr_lognormal_vol
+from bayescal.kernels.surface import DEFAULT_SURFACE_NODES, bates_surface_norm_price, heston_surface_norm_price
 from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_raw_total_variance
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.priors import PriorSet
@@ -138,11 +141,54 @@ class PricingModel(ABC):
         return pm.Deterministic(self.name(name), value, dims=EXPIRY_DIM if per_expiry else None)
 
     def model_output(self, priors: PriorSet, k: pt.TensorVariable, tau: pt.TensorVariable, cp: pt.TensorVariable,
-                     expiry_idx: pt.TensorVariable, tau_expiry: pt.TensorVariable) -> pt.TensorVariable:
-        """Create the parameters and return the model output per quote (see :attr:`output`)."""
+                     expiry_idx: pt.TensorVariable, tau_expiry: pt.TensorVariable,
+                     quotes: xr.Dataset | None = None) -> pt.TensorVariable:
+        """Create the parameters and return the model output per quote (see :attr:`output`).
+
+        ``quotes`` (the used quotes, numpy-backed) lets a model build a likelihood-specific fast
+        graph from the data (see :class:`HestonSurface`); the default ignores it.
+        """
         inputs = self.create_parameters(priors, tau_expiry)
         gathered = {n: (v[expiry_idx] if n in self.per_expiry_inputs else v) for n, v in inputs.items()}
         return self.kernel(k, tau, cp, **gathered)
+
+    #: True when :meth:`model_output` uses a likelihood-specific kernel that differs from :meth:`kernel`
+    #: (checked after every fit by :meth:`likelihood_kernel_check`).
+    separate_likelihood_kernel: ClassVar[bool] = False
+
+    def likelihood_kernel_check(self, posterior: xr.Dataset, constant_data: xr.Dataset,
+                                max_draws: int = 40) -> dict[str, float]:
+        """Largest difference between the likelihood's prices and :meth:`kernel` on posterior draws.
+
+        Only for models with :attr:`separate_likelihood_kernel`; others return ``{}``. Compares the
+        stored ``norm_price_model`` with the per-quote kernel on up to ``max_draws`` evenly thinned
+        draws.
+
+        Returns
+        -------
+        dict
+            ``kernel_max_abs_error`` (units of the forward) and ``kernel_max_iv_error_vol_points``
+            (the same divided by the quote's Black vega at the mid, x100), ``kernel_draws_checked``.
+        """
+        if not self.separate_likelihood_kernel:
+            return {}
+        stacked = posterior.stack(sample=("chain", "draw"))
+        keep = np.unique(np.linspace(0, stacked.sizes["sample"] - 1, max_draws).round().astype(int))
+        params = {n: stacked[self.name(n)].to_numpy()[keep][:, None] for n in self.kernel_inputs}
+        k, tau, cp = (constant_data[n].to_numpy()[None, :] for n in ("k", "tau", "cp"))
+        exact = self._check_function(k, tau, cp, *(params[n] for n in self.kernel_inputs))
+        fast = stacked["norm_price_model"].to_numpy().T[keep]
+        diff = np.abs(np.asarray(exact) - fast)
+        return {"kernel_max_abs_error": float(diff.max()),
+                "kernel_max_iv_error_vol_points": float(100 * np.max(diff / constant_data["vega_mid"].to_numpy())),
+                "kernel_draws_checked": int(keep.size)}
+
+    @cached_property
+    def _check_function(self) -> Any:
+        k, tau, cp = (pt.tensor(n, shape=(1, None), dtype="float64") for n in ("k", "tau", "cp"))
+        params = {n: pt.tensor(n, shape=(None, 1), dtype="float64") for n in self.kernel_inputs}
+        out = self.kernel(k, tau, cp, **params)
+        return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore")
 
     @cached_property
     def _grid_function(self) -> Any:
@@ -362,3 +408,93 @@ class MertonSurface(PricingModel):
 
     def kernel(self, k, tau, cp, *, volatility, jump_intensity, jump_log_mean, jump_log_stdev):  # noqa: D102
         return merton_norm_price(k, tau, volatility, jump_intensity, jump_log_mean, jump_log_stdev, cp)
+
+
+def atm_total_variance(quotes: xr.Dataset) -> np.ndarray:
+    """Market at-the-money total variance ``iv**2 tau`` per expiry, shape (n_expiry,).
+
+    Median mid IV of the (up to) three quotes nearest ``k = 0`` of each expiry; used only to place
+    quadrature nodes (:func:`bayescal.kernels.surface.lewis_nodes`), never as an observation.
+    """
+    idx = quotes["expiry_idx"].to_numpy()
+    k, iv, tau = (quotes[n].to_numpy() for n in ("k", "mid_iv", "tau"))
+    out = np.empty(int(idx.max()) + 1)
+    for e in range(out.size):
+        rows = np.flatnonzero(idx == e)
+        near = rows[np.argsort(np.abs(k[rows]))[:3]]
+        out[e] = np.median(iv[near]) ** 2 * tau[rows[0]]
+    return out
+
+
+class HestonSurface(PricingModel):
+    """Heston (1993) stochastic volatility for the whole surface (one parameter set for every expiry).
+
+    Parameters ``v0, kappa, theta, xi, rho`` (variances per year); ``rho`` may be positive. Feller's
+    condition ``2 kappa theta >= xi**2`` is never a hard bound: setting ``feller_scale > 0`` adds
+    the soft prior term ``log sigmoid((2 kappa theta - xi**2) / feller_scale)`` (0 = off, the default).
+
+    Two kernels, one model: the likelihood uses
+    :func:`bayescal.kernels.surface.heston_surface_norm_price` (one characteristic-function grid per
+    expiry, nodes placed from the market ATM variance, ``n_nodes`` per expiry, default 96), and
+    everything else (strike grids, greeks, arbitrage checks) the per-quote
+    :func:`bayescal.kernels.heston.heston_norm_price` (adaptive contour, near machine precision).
+    Their difference on the calibration domain is measured in ``tests/test_kernels_surface.py``.
+    """
+
+    lookup_name = "heston"
+    parameters = ("v0", "kappa", "theta", "xi", "rho")
+    supports: ClassVar[dict[str, str]] = {"v0": "positive", "kappa": "positive", "theta": "positive",
+                                          "xi": "positive", "rho": "correlation"}
+    kernel_inputs = parameters
+    output = "norm_price"
+    separate_likelihood_kernel = True
+    _surface_kernel = staticmethod(heston_surface_norm_price)
+
+    @classmethod
+    def settings_defaults(cls) -> dict[str, Any]:  # noqa: D102 (documented on the base)
+        return {"feller_scale": 0.0, "n_nodes": DEFAULT_SURFACE_NODES}
+
+    def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
+        p = self.sample_parameters(priors)
+        scale = float(self.settings["feller_scale"])
+        if scale < 0:
+            raise SpecError(f"model {self.lookup_name!r}: feller_scale must be >= 0, got {scale}")
+        if scale > 0:
+            margin = 2 * p["kappa"] * p["theta"] - p["xi"] ** 2
+            pm.Potential(self.name("feller_soft"), pt.log(pt.sigmoid(margin / scale)))
+        return {n: p[n] for n in self.kernel_inputs}
+
+    def model_output(self, priors, k, tau, cp, expiry_idx, tau_expiry, quotes=None):  # noqa: D102 (base)
+        if quotes is None:
+            return super().model_output(priors, k, tau, cp, expiry_idx, tau_expiry)
+        inputs = self.create_parameters(priors, tau_expiry)
+        return self._surface_kernel(
+            quotes["k"].to_numpy(), quotes["cp"].to_numpy(), quotes["expiry_idx"].to_numpy(), tau_expiry,
+            *(inputs[n] for n in self.kernel_inputs), var_scale=atm_total_variance(quotes),
+            n_nodes=int(self.settings["n_nodes"]),
+        )
+
+    def kernel(self, k, tau, cp, *, v0, kappa, theta, xi, rho):  # noqa: D102 (documented on the base)
+        return heston_norm_price(k, tau, cp, v0, kappa, theta, xi, rho)
+
+
+class BatesSurface(HestonSurface):
+    """Bates (1996): Heston plus lognormal jumps for the whole surface.
+
+    Extra parameters ``jump_intensity`` (per year), ``jump_log_mean`` and ``jump_log_stdev`` of the
+    log jump size (drift compensated). Likelihood kernel
+    :func:`bayescal.kernels.surface.bates_surface_norm_price`, per-quote kernel
+    :func:`bayescal.kernels.bates.bates_norm_price`; settings as :class:`HestonSurface`.
+    """
+
+    lookup_name = "bates"
+    parameters = ("v0", "kappa", "theta", "xi", "rho", "jump_intensity", "jump_log_mean", "jump_log_stdev")
+    supports: ClassVar[dict[str, str]] = {**HestonSurface.supports, "jump_intensity": "positive",
+                                          "jump_log_mean": "real", "jump_log_stdev": "positive"}
+    kernel_inputs = parameters
+    _surface_kernel = staticmethod(bates_surface_norm_price)
+
+    def kernel(self, k, tau, cp, *, v0, kappa, theta, xi, rho, jump_intensity, jump_log_mean,  # noqa: D102
+               jump_log_stdev):
+        return bates_norm_price(k, tau, cp, v0, kappa, theta, xi, rho, jump_intensity, jump_log_mean,
+                                jump_log_stdev)

@@ -102,7 +102,9 @@ def test_arbitrage_share_detects_calendar_crossing():
         "svi_a": var([0.02, 0.021]), "svi_b": var([0.05, 0.01]), "svi_rho": var([-0.3, -0.3]),
         "svi_m": var([0.0, 0.0]), "svi_sigma": var([0.1, 0.1]),
     })
-    const = xr.Dataset({"k": ("quote", np.linspace(-0.5, 0.5, 11)), "tau_expiry": ("expiry", [0.1, 0.2])})
+    k = np.linspace(-0.5, 0.5, 11)
+    const = xr.Dataset({"k": ("quote", np.concatenate([k, k])), "expiry_idx": ("quote", np.repeat([0, 1], k.size)),
+                        "tau_expiry": ("expiry", [0.1, 0.2])})
     shares = arbitrage_free_share(model, posterior, const)
     assert shares["calendar_free_share"] == 0.0
     assert shares["butterfly_free_share"] == 1.0
