@@ -6,8 +6,8 @@ says nothing, and far out of the money a short expiry's prices underflow). A sli
 butterfly arbitrage when the density function ``g(k) = (1 - k w'/(2w))**2 - (w'**2/4)(1/w + 1/4) + w''/2``
 is non-negative (Gatheral & Jacquier 2014, eq. 2.1; derivatives by second-order finite differences on
 the grid); the surface is free of calendar arbitrage when ``w`` is non-decreasing in tau at every
-fixed k (GJ2014, Lemma 2.1), checked on the later expiry's grid where both expiries are quoted (the earlier slice interpolated
-linearly, tolerance relative to ``w``).
+fixed k (GJ2014, Lemma 2.1), checked on the later expiry's grid where both expiries are quoted (the
+earlier slice interpolated linearly, tolerance relative to ``w``).
 """
 
 from __future__ import annotations
