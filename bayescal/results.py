@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,25 @@ def _versions() -> dict[str, str]:
 
     return {"bayescal": __version__, "pymc": pymc.__version__, "pytensor": pytensor.__version__,
             "arviz": arviz.__version__, "nutpie": nutpie.__version__}
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty temporary file next to ``path`` with the mode a new file gets (``0o666 & ~umask``).
+
+    ``tempfile.mkstemp`` creates its file with mode ``0o600``, and writers that truncate an existing
+    file keep that mode, so an atomic ``os.replace`` would publish a private file. Here the file is
+    created with ``O_CREAT | O_EXCL`` and mode ``0o666``; the kernel applies the umask (and any default
+    ACL) as for any new file. The umask is never changed, so this is safe with threads.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no unused temporary file name next to {path}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,14 @@ class CalibrationResult:
     def save(self, path: str | Path) -> Path:
         """Write the result to netCDF atomically (temporary file in the same folder, then rename).
 
+        The file gets the mode any new file gets under the process umask (``0o666 & ~umask``, e.g.
+        ``0o644`` with umask ``022``), not the ``0o600`` of ``tempfile.mkstemp``.
+
+        Parameters
+        ----------
+        path : str or Path
+            Destination; its folder is created if missing, an existing file is replaced.
+
         Returns
         -------
         Path
@@ -116,8 +143,7 @@ class CalibrationResult:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = _new_temp_file(path)
         try:
             self.idata.to_netcdf(tmp, engine="h5netcdf")
             os.replace(tmp, path)
