@@ -158,7 +158,8 @@ def _standard_layout(idata: xr.DataTree, model: pm.Model) -> xr.DataTree:
     return xr.DataTree.from_dict(groups)
 
 
-def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) -> CalibrationResult:
+def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
+        arbitrage_check: bool = True) -> CalibrationResult:
     """Calibrate ``spec`` to ``quotes``: filter, build, fit with the spec's method, check the result.
 
     Parameters
@@ -168,6 +169,9 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
         Canonical quotes from :func:`bayescal.market.read_chain` (unfiltered; the spec's filters run here).
     progressbar : bool
         Show progress.
+    arbitrage_check : bool
+        Compute the arbitrage-free share of posterior draws (strike grids per expiry; the costliest
+        check for price models). Off in recovery studies, which do not report it.
 
     Returns
     -------
@@ -201,7 +205,8 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True) 
     quality = fit_quality(idata)
     pricing = get_pricing_model(spec.model, **spec.model_settings)
     posterior, const = idata["posterior"].to_dataset(), idata["constant_data"].to_dataset()
-    quality.update(arbitrage_free_share(pricing, posterior, const))
+    if arbitrage_check:
+        quality.update(arbitrage_free_share(pricing, posterior, const))
     quality.update(pricing.likelihood_kernel_check(posterior, const))
     if quality.get("kernel_max_iv_error_vol_points", 0.0) > KERNEL_IV_TOLERANCE_VOL_POINTS:
         reason = (f"likelihood kernel differs from the exact kernel by up to "

@@ -4,6 +4,8 @@ Run from the repository root::
 
     python benchmarks/bench_heston.py [--reps N] [--nodes 64]
 
+Two kernels are timed: the per-quote contour kernel (``heston_price``, used for grids and greeks)
+and the whole-surface calibration kernel (``heston_surface_norm_price``, used by the likelihood).
 For synthetic surfaces of 200 and 1,000 European options (10 expiries from one week to two years,
 strikes spread over +-2 standard deviations of log-moneyness, calls above the forward and puts
 below) it prints
@@ -33,6 +35,7 @@ import pytensor.tensor as pt
 import QuantLib as ql
 
 from bayescal.kernels.heston import DEFAULT_NODES, heston_price
+from bayescal.kernels.surface import DEFAULT_SURFACE_NODES, heston_surface_norm_price
 
 SPOT, RATE, DIV = 100.0, 0.03, 0.01
 PARAMS = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "xi": 0.6, "rho": -0.7}
@@ -54,12 +57,25 @@ def surface(n_options: int):
     return np.array(rows)
 
 
-def compile_logp(quotes: np.ndarray, n_nodes: int):
-    """numba-compiled ``(v0, kappa, theta, xi, rho) -> [logp, dlogp/dparams...]`` and a pricer."""
+def compile_logp(quotes: np.ndarray, n_nodes: int, kernel: str):
+    """numba-compiled ``(v0, kappa, theta, xi, rho) -> [logp, dlogp/dparams...]`` and a pricer.
+
+    ``kernel``: ``"per-quote"`` (:func:`heston_price`, contour per option) or ``"surface"`` (the
+    calibration kernel, one characteristic-function grid per expiry, nodes placed from the expected
+    variance at :data:`PARAMS`, standing in for the market ATM variance).
+    """
     names = list(PARAMS)
     theta = [pt.dscalar(n) for n in names]
-    fwd, strike, tau, cp, disc = (pt.constant(quotes[:, j].copy()) for j in range(5))
-    model = heston_price(fwd, strike, tau, cp, disc, *theta, n_nodes=n_nodes)
+    if kernel == "surface":
+        fwd, strike, tau, cp, disc = (quotes[:, j].copy() for j in range(5))
+        taus, idx = np.unique(tau, return_inverse=True)
+        p = PARAMS
+        var = p["theta"] * taus + (p["v0"] - p["theta"]) * -np.expm1(-p["kappa"] * taus) / p["kappa"]
+        norm = heston_surface_norm_price(np.log(strike / fwd), cp, idx, taus, *theta, var_scale=var, n_nodes=n_nodes)
+        model = pt.constant(disc * fwd) * norm
+    else:
+        fwd, strike, tau, cp, disc = (pt.constant(quotes[:, j].copy()) for j in range(5))
+        model = heston_price(fwd, strike, tau, cp, disc, *theta, n_nodes=n_nodes)
     pricer = pytensor.function(theta, model, mode="NUMBA")
     observed = pricer(*PARAMS.values())
     sigma = NOISE * quotes[:, 0]
@@ -108,20 +124,23 @@ def time_quantlib(spot, options, engine, reps: int) -> tuple[float, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions (median reported)")
-    parser.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="quadrature nodes per option")
+    parser.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="quadrature nodes per option (per-quote)")
+    parser.add_argument("--surface-nodes", type=int, default=DEFAULT_SURFACE_NODES,
+                        help="quadrature nodes per expiry (surface kernel)")
     args = parser.parse_args()
 
     header = (
-        f"{'options':>7} {'nodes':>5} {'compile s':>9} {'logp+grad ms':>12} {'ns/opt/node':>11} "
+        f"{'kernel':>9} {'options':>7} {'nodes':>5} {'compile s':>9} {'logp+grad ms':>12} {'ns/opt/node':>11} "
         f"{'QL default ms':>13} {'ratio':>6} {'QL adaptive ms':>14} {'max|err|/F':>10}"
     )
     print(f"Heston {PARAMS}, S={SPOT}, r={RATE}, q={DIV}; 10 expiries 7d..2y, strikes +-2 sd")
     print(header)
     print("-" * len(header))
-    for n_options in (200, 1000):
+    for kernel, n_options in [(kr, n) for kr in ("per-quote", "surface") for n in (200, 1000)]:
+        nodes = args.nodes if kernel == "per-quote" else args.surface_nodes
         quotes = surface(n_options)
         t0 = time.perf_counter()
-        fn, pricer = compile_logp(quotes, args.nodes)
+        fn, pricer = compile_logp(quotes, nodes, kernel)
         fn(*PARAMS.values())  # first call: numba compilation
         compile_s = time.perf_counter() - t0
         point = np.array(list(PARAMS.values())) * 1.01
@@ -139,8 +158,8 @@ def main() -> None:
         t_adaptive, ql_prices = time_quantlib(spot, options, engines["adaptive"], reps_ql)
         err = np.max(np.abs(ours - ql_prices) / quotes[:, 0])
         print(
-            f"{n_options:>7d} {args.nodes:>5d} {compile_s:>9.1f} {1e3 * t_ours:>12.2f} "
-            f"{1e9 * t_ours / (n_options * args.nodes):>11.1f} {1e3 * t_default:>13.2f} "
+            f"{kernel:>9} {n_options:>7d} {nodes:>5d} {compile_s:>9.1f} {1e3 * t_ours:>12.2f} "
+            f"{1e9 * t_ours / (n_options * nodes):>11.1f} {1e3 * t_default:>13.2f} "
             f"{t_ours / t_default:>6.2f} {1e3 * t_adaptive:>14.2f} {err:>10.1e}"
         )
     print("ratio = (bayescal log-density + 5-parameter gradient) / (QuantLib default engine, prices only)")

@@ -1,0 +1,73 @@
+"""Whole-surface models (Heston, Bates, SSVI) end to end: recovery on simulated chains, the real BTC chain, LOO.
+
+The multi-seed coverage study is a separate command (``python -m bayescal.studies``, see
+docs/models.md); here one prior draw per model is recovered, and the issue's real-chain targets are
+checked on the 2025-12-30 Deribit BTC snapshot with the specs as shipped (4 chains x 1000 draws).
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SNAPSHOT
+
+from bayescal.comparison import compare_results
+from bayescal.inference import fit
+from bayescal.market import read_chain
+from bayescal.spec import load_spec
+from bayescal.studies import recovery_run
+
+REAL_CHAIN_MODELS = ("svi", "ssvi", "heston", "bates")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "seed"), [("heston", 1), ("bates", 2)])
+def test_recovery_of_a_prior_draw(model: str, seed: int):
+    """Truth drawn from the crypto prior, chain simulated with the exact per-quote kernel, NUTS fit.
+
+    With 5 (Heston) or 8 (Bates) parameters at 94%, at most one miss is expected by chance.
+    """
+    run = recovery_run(load_spec(model).with_fit(draws=600, tune=800), seed)
+    conv = run["convergence"]
+    print(run)
+    assert conv["status"] == "ok", conv["reasons"]
+    assert conv["max_rhat"] <= 1.01
+    assert conv["divergences"] == 0
+    misses = [p for p in run["parameters"] if not p["inside"]]
+    assert len(misses) <= 1, misses
+    assert run["kernel_max_iv_error_vol_points"] < 0.01
+
+
+@pytest.fixture(scope="module")
+def btc_fits(shared_data):
+    chain = read_chain(SNAPSHOT, underlying="BTC")
+    return {model: fit(load_spec(model), chain, progressbar=False) for model in REAL_CHAIN_MODELS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", REAL_CHAIN_MODELS)
+def test_btc_snapshot_fit_meets_the_gate(btc_fits, model: str):
+    """The issue's targets on the real chain: status ok, R-hat <= 1.01, bulk ESS >= 400, no divergence."""
+    result = btc_fits[model]
+    conv, quality = result.convergence, result.fit_quality
+    print(model, conv, quality, result.timings)
+    assert conv["status"] == "ok", conv["reasons"]
+    assert conv["max_rhat"] <= 1.01
+    assert conv["min_ess_bulk"] >= 400
+    assert conv["divergences"] == 0
+    assert quality["n_quotes"] == 278
+    # Measured when written (vol points): svi 0.42, ssvi 1.2, heston 1.54, bates 1.3.
+    assert quality["rmse_vol_points"] < {"svi": 0.6, "ssvi": 2.0, "heston": 2.0, "bates": 2.0}[model]
+    if model in ("heston", "bates"):
+        assert quality["kernel_max_iv_error_vol_points"] < 0.01
+        assert quality["arbitrage_free_share"] == 1.0  # arbitrage-free models: a failure here is a bug in the check
+
+
+@pytest.mark.slow
+def test_btc_loo_comparison_table(btc_fits):
+    """PSIS-LOO across the four models on the same 278 quotes: per-expiry SVI has the best ELPD."""
+    table = compare_results(btc_fits)
+    print(table)
+    assert set(table.index) == set(REAL_CHAIN_MODELS)
+    assert table.index[0] == "svi"
+    assert table["elpd_diff"].iloc[0] == 0.0
+    assert (table["elpd_diff"].iloc[1:] > 0).all()
