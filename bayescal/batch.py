@@ -45,7 +45,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -57,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bayescal.atomic import write_text_atomic
 from bayescal.errors import BayescalError
 
 __all__ = ["BatchSummary", "BatchTask", "ManifestError", "add_batch_parser", "clear_compile_cache", "compile_key",
@@ -477,24 +477,6 @@ def _counts(statuses: list[str]) -> str:
     return ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses), key=lambda s: _GATE_ORDER.get(s, 4)))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: temporary file in the same folder, fsync, rename (mode 0666 & ~umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_index(out: str | Path):
     """The index table of an output store (empty with :data:`INDEX_COLUMNS` when there is none).
 
@@ -525,7 +507,7 @@ def write_index(out: str | Path, rows: dict[str, dict[str, Any]]) -> Path:
     frame = pd.DataFrame([{c: row.get(c, "") for c in INDEX_COLUMNS} for row in rows.values()],
                          columns=list(INDEX_COLUMNS))
     path = Path(out) / INDEX_FILE
-    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.3f"))
+    write_text_atomic(path, frame.to_csv(index=False, float_format="%.3f"))
     return path
 
 
@@ -675,7 +657,7 @@ def run_task(task: BatchTask, out: str | Path, *, cores_per_fit: int | None = No
         row["status"] = "error"
         row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " | ")
         try:
-            _atomic_write_text(out / "errors" / f"{task.task_id}.txt", traceback.format_exc())
+            write_text_atomic(out / "errors" / f"{task.task_id}.txt", traceback.format_exc())
         except OSError:
             pass
     row["wall_seconds"] = time.perf_counter() - t0

@@ -13,8 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 from jinja2 import Environment, PackageLoader, Undefined, select_autoescape  # noqa: E402
 
+from bayescal.atomic import write_bytes_atomic  # noqa: E402
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM  # noqa: E402
 from bayescal.greeks import atm_greeks_table  # noqa: E402
 from bayescal.market.filters import filter_report, status_counts  # noqa: E402
@@ -103,16 +102,6 @@ def plot_smile(band: dict[str, Any], approximate: bool = False, kind: str = "pos
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary files
-    os.replace(tmp, path)
 
 
 def _png(fig: plt.Figure, dpi: float | None = None) -> bytes:
@@ -292,29 +281,29 @@ def write_outputs(result: CalibrationResult, out_dir: str | Path, result_name: s
     summary = summary_table(result)
     paths: dict[str, Path] = {"result": out / result_name, "summary": out / "summary.csv",
                               "quotes": out / "quotes.csv", "greeks": out / "greeks.csv", "report": out / "report.html"}
-    _atomic_write_bytes(paths["summary"], summary.to_csv().encode())
+    write_bytes_atomic(paths["summary"], summary.to_csv().encode())
     greeks = atm_greeks_table(result)
-    _atomic_write_bytes(paths["greeks"], greeks.to_csv(index=False).encode())
+    write_bytes_atomic(paths["greeks"], greeks.to_csv(index=False).encode())
     quotes = result.quotes
     table = quotes[["instrument", "expiry", "strike", "cp", "bid", "ask", "forward", "tau", "k", "bid_iv",
                     "ask_iv", "mid_iv", "status"]].to_dataframe()
     table["status"] = [_status_name(s) for s in table["status"]]
-    _atomic_write_bytes(paths["quotes"], table.to_csv().encode())
+    write_bytes_atomic(paths["quotes"], table.to_csv().encode())
     approximate = bool(result.idata.attrs.get("approximate", 0))
     figures = []
     for i, band in enumerate(smile_bands(result)):
         png = _png(plot_smile(band, approximate))
-        _atomic_write_bytes(out / "figures" / f"smile_{i:02d}_{band['expiry'][:10]}.png", png)
+        write_bytes_atomic(out / "figures" / f"smile_{i:02d}_{band['expiry'][:10]}.png", png)
         figures.append({"expiry": band["expiry"], "png": base64.b64encode(png).decode(),
                         "rmse": float(100 * np.sqrt(np.mean((band["iv_model_mean"] - band["mid_iv"]) ** 2))),
                         "n": len(band["k"])})
     diagnostics = diagnostic_figures(result)
     for fig in diagnostics:
-        _atomic_write_bytes(out / "figures" / f"{fig['name']}.png", fig["png"])
+        write_bytes_atomic(out / "figures" / f"{fig['name']}.png", fig["png"])
         fig["png"] = base64.b64encode(fig["png"]).decode()
     paths["figures"] = out / "figures"
     html = render_report(result, summary, figures, greeks, diagnostics)
-    _atomic_write_bytes(paths["report"], html.encode())
+    write_bytes_atomic(paths["report"], html.encode())
     return paths
 
 
@@ -410,7 +399,7 @@ def write_prior_predictive(spec, used: xr.Dataset, prior: xr.Dataset, out_dir: s
         fig.savefig(buf, format="png")
         plt.close(fig)
         path = out / f"prior_smile_{e:02d}_{label[:10]}.png"
-        _atomic_write_bytes(path, buf.getvalue())
+        write_bytes_atomic(path, buf.getvalue())
         written.append(path)
     return written
 
@@ -448,7 +437,7 @@ def write_track_figure(tree: xr.DataTree, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return path
 
 
@@ -571,5 +560,5 @@ def write_track_report(run_dir: str | Path) -> dict[str, Path]:
         bayescal_version=__version__,
     )
     report = run / "report.html"
-    _atomic_write_bytes(report, html.encode())
+    write_bytes_atomic(report, html.encode())
     return {"report": report, "figure": figure}

@@ -11,8 +11,6 @@ plus a ``quotes`` group with every quote of the chain and its status code. Root 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import xarray as xr
 
+from bayescal.atomic import atomic_path
 from bayescal.diagnostics import ConvergenceReport
 
 
@@ -33,25 +32,6 @@ def _versions() -> dict[str, str]:
 
     return {"bayescal": __version__, "pymc": pymc.__version__, "pytensor": pytensor.__version__,
             "arviz": arviz.__version__, "nutpie": nutpie.__version__}
-
-
-def _new_temp_file(path: Path) -> Path:
-    """Create an empty temporary file next to ``path`` with the mode a new file gets (``0o666 & ~umask``).
-
-    ``tempfile.mkstemp`` creates its file with mode ``0o600``, and writers that truncate an existing
-    file keep that mode, so an atomic ``os.replace`` would publish a private file. Here the file is
-    created with ``O_CREAT | O_EXCL`` and mode ``0o666``; the kernel applies the umask (and any default
-    ACL) as for any new file. The umask is never changed, so this is safe with threads.
-    """
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(f"no unused temporary file name next to {path}")
 
 
 @dataclass(frozen=True)
@@ -126,7 +106,8 @@ class CalibrationResult:
 
     # --- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the result to netCDF atomically (temporary file in the same folder, then rename).
+        """Write the result to netCDF atomically (:func:`bayescal.atomic.atomic_path`: temporary file in the
+        same folder, fsync, rename).
 
         The file gets the mode any new file gets under the process umask (``0o666 & ~umask``, e.g.
         ``0o644`` with umask ``022``), not the ``0o600`` of ``tempfile.mkstemp``.
@@ -142,14 +123,8 @@ class CalibrationResult:
             The written file.
         """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temp_file(path)
-        try:
+        with atomic_path(path) as tmp:
             self.idata.to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -20,8 +20,6 @@ refitting finished windows.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,6 +30,7 @@ import pymc as pm
 import xarray as xr
 from scipy import stats
 
+from bayescal.atomic import atomic_path, write_text_atomic
 from bayescal.errors import CalibrationError, SpecError
 from bayescal.pricing_models import get_pricing_model
 from bayescal.priors import JointPrior, PriorSet, to_unconstrained, unconstrained_transform
@@ -213,15 +212,6 @@ def conflict_check(result: CalibrationResult, prior: PriorSet, quantile: float) 
 
 # --- tracking over windows ---------------------------------------------------------------------------
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _prior_from_dict(raw: dict[str, Any], base: PriorSet) -> PriorSet:
     joint = JointPrior.from_dict(raw["joint"]) if raw.get("joint") else None
     return replace(base, name=raw.get("name", base.name), joint=joint)
@@ -321,15 +311,13 @@ def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str |
             "fit_seconds": seconds, "result": window_file.name, "summary": summary,
         })
         state["next_prior"] = next_prior.to_dict()
-        _atomic_write_text(state_path, json.dumps(state, indent=1))
+        write_text_atomic(state_path, json.dumps(state, indent=1))
         flag = f", CONFLICT d2={conflict['d2']:.1f}" if conflict["flagged"] else ""
         log(f"track: window {i + 1}/{len(order)} {quotes.attrs['valuation_time']}: {status}, prior {prior_used}"
             f"{flag}, {seconds:.1f} s")
     tree = track_tree(state, names)
-    fd, tmp = tempfile.mkstemp(prefix=f".{TRACK_FILE}.", suffix=".tmp", dir=out)
-    os.close(fd)
-    tree.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, out / TRACK_FILE)
+    with atomic_path(out / TRACK_FILE) as tmp:
+        tree.to_netcdf(tmp, engine="h5netcdf")
     return tree
 
 

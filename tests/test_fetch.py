@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
+import stat
 import threading
 import time
 import urllib.parse
@@ -124,6 +126,17 @@ def test_fetch_writes_a_snapshot_read_chain_reads(api, tmp_path):
     # a null bid (Deribit's missing side) is an empty cell, hence no bid
     assert np.isnan(float(q.set_index(quote="instrument").sel(quote="BTC-16JAN26-95000-C")["bid"]))
     assert json.loads(q.attrs["read_report"]) == {"ok": 5}
+
+
+def test_fetched_csv_is_an_ordinary_file(api, tmp_path):
+    """The snapshot gets mode ``0o666 & ~umask`` (0644 under umask 022), not mkstemp's 0600."""
+    old = os.umask(0o022)
+    try:
+        out = fetch_deribit_snapshot("BTC", tmp_path / "btc.csv", url=api.url, sleep=_no_sleep)["path"]
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["btc.csv"]
 
 
 def test_fetch_base_url_from_environment(api, tmp_path, monkeypatch):

@@ -99,11 +99,11 @@ def test_per_expiry_models_have_nothing_to_carry():
 
 def test_state_file_is_json(tmp_path):
     """The state writer leaves either the old or the new complete file (rename is atomic)."""
-    from bayescal.sequential import _atomic_write_text
+    from bayescal.atomic import write_text_atomic  # what bayescal.sequential writes the state file with
 
     path = tmp_path / "s.json"
-    _atomic_write_text(path, json.dumps({"a": 1}))
-    _atomic_write_text(path, json.dumps({"a": 2}))
+    write_text_atomic(path, json.dumps({"a": 1}))
+    write_text_atomic(path, json.dumps({"a": 2}))
     assert json.loads(path.read_text()) == {"a": 2}
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -7,9 +7,9 @@
 
 joins them on ``instrument_name`` and writes the snapshot CSV that
 :func:`bayescal.market.read_chain` reads as ``deribit_snapshot`` (the columns of
-``deribit_options_snapshot_20251230T173115Z.csv``), atomically (temporary file in the target
-folder, then ``os.replace``). Columns the book summary lacks (``delta``, ``vega``: per-instrument
-``public/ticker`` calls) are left empty; ``index_price`` is the book summary's
+``deribit_options_snapshot_20251230T173115Z.csv``), atomically (:mod:`bayescal.atomic`: temporary
+file in the target folder, fsync, ``os.replace``). Columns the book summary lacks (``delta``, ``vega``:
+per-instrument ``public/ticker`` calls) are left empty; ``index_price`` is the book summary's
 ``estimated_delivery_price``; ``timestamp`` is the time of the book-summary request (UTC).
 
 The base URL is ``base_url=``, else the environment variable ``BAYESCAL_DERIBIT_URL``, else
@@ -24,7 +24,6 @@ import csv
 import http.client
 import json
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -34,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bayescal.atomic import atomic_path
 from bayescal.errors import BayescalError
 
 DEFAULT_BASE_URL = "https://www.deribit.com/api/v2"
@@ -163,19 +163,35 @@ def snapshot_rows(instruments: list[dict], summaries: list[dict], currency: str,
 
 
 def write_csv_atomic(rows: list[dict[str, str]], out: Path, columns: tuple[str, ...] = SNAPSHOT_COLUMNS) -> Path:
-    """Write rows to ``out`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write rows to ``out`` atomically (:func:`bayescal.atomic.atomic_path`: temporary file in the same
+    folder, fsync, ``os.replace``; mode ``0o666 & ~umask``).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One dict per CSV row, keyed by column name.
+    out : Path
+        Destination CSV; its folder is created if missing, an existing file is replaced.
+    columns : tuple of str, default SNAPSHOT_COLUMNS
+        Header, in order.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written (an existing ``out`` is then left as it was).
+    ValueError
+        If a row has a key not in ``columns`` (``csv.DictWriter``).
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     return out
 
 
