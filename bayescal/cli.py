@@ -196,7 +196,9 @@ def _compare(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table)
     if args.out:
-        table.to_csv(args.out)
+        from bayescal.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.out), table.to_csv())
         print(f"bayescal: table written to {args.out}")
     return 0
 

@@ -7,9 +7,12 @@ checked on the 2025-12-30 Deribit BTC snapshot with the specs as shipped (4 chai
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import SNAPSHOT
 
+from bayescal.cli import main
 from bayescal.comparison import compare_results
 from bayescal.inference import fit
 from bayescal.market import read_chain
@@ -63,11 +66,24 @@ def test_btc_snapshot_fit_meets_the_gate(btc_fits, model: str):
 
 
 @pytest.mark.slow
-def test_btc_loo_comparison_table(btc_fits):
-    """PSIS-LOO across the four models on the same 278 quotes: per-expiry SVI has the best ELPD."""
+def test_btc_loo_comparison_table(btc_fits, tmp_path):
+    """PSIS-LOO across the four models on the same 278 quotes: per-expiry SVI has the best ELPD.
+
+    The same table through ``bayescal compare RUN... --out CSV`` on saved results.
+    """
     table = compare_results(btc_fits)
     print(table)
     assert set(table.index) == set(REAL_CHAIN_MODELS)
     assert table.index[0] == "svi"
     assert table["elpd_diff"].iloc[0] == 0.0
     assert (table["elpd_diff"].iloc[1:] > 0).all()
+    runs = []
+    for model, result in btc_fits.items():
+        result.save(tmp_path / model / "result.nc")
+        runs.append(str(tmp_path / model))
+    out = tmp_path / "loo.csv"
+    assert main(["compare", *runs, "--out", str(out)]) == 0
+    written = pd.read_csv(out, index_col=0)
+    assert len(written) == 4
+    assert written.index[0].startswith("svi")
+    np.testing.assert_allclose(np.sort(written["elpd_loo"].to_numpy()), np.sort(table["elpd_loo"].to_numpy()))
