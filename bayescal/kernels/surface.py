@@ -17,7 +17,9 @@ a weighted sum::
 
 so the characteristic function is evaluated on an ``(n_expiry, n_nodes)`` grid only and, when
 ``k`` is data (a numpy array), the trigonometric weights ``C`` and ``S`` are constants: each quote
-costs two multiply-adds per node in the log-density and its gradient.
+costs two multiply-adds per node in the log-density and its gradient. Quotes are laid out on an
+``(n_expiry, max quotes per expiry)`` grid of slots (empty slots weigh zero), so the whole sum is one
+fused elementwise product and reduction, in the log-density and in its gradient.
 
 Nodes: Gauss-Legendre in ``y = ln(1 + t/s)`` on ``[0, ln(1 + t_max/s)]`` with the scale
 ``s = 1/sqrt(var_scale)`` set by a *reference total variance* per expiry (in calibration: the
@@ -156,16 +158,29 @@ def surface_norm_price(
         if k.shape != idx.shape:
             raise ValueError(f"k has shape {k.shape}, expiry_idx {idx.shape}")
     lib = pt if symbolic_k else np
-    # One matrix-vector product per expiry (quotes grouped by expiry, then put back in order).
-    order = np.argsort(idx, kind="stable")
-    blocks = []
-    for e in np.unique(idx):
-        rows = order[idx[order] == e]
-        kk = k[rows][:, None]
-        wq = (w[e] / (np.pi * (t[e] ** 2 + 0.25)))[None, :] * lib.exp(0.5 * kk)
-        phase = t[e][None, :] * kk
-        blocks.append(pt.dot(wq * lib.cos(phase), m_re[e]) + pt.dot(wq * lib.sin(phase), m_im[e]))
-    integral = pt.concatenate(blocks)[np.argsort(order, kind="stable")] if len(blocks) > 1 else blocks[0]
+    # Quotes laid out on an (n_expiry, n_max) grid of slots (empty slots have zero weight), so the
+    # sum over nodes is one fused elementwise product and reduction for the whole surface.
+    n_exp = t.shape[0]
+    counts = np.bincount(idx, minlength=n_exp)
+    n_max = int(counts.max())
+    rank = np.empty(idx.size, dtype=np.int64)
+    for e in range(n_exp):
+        rank[idx == e] = np.arange(counts[e])
+    slot = idx * n_max + rank
+    mask = np.zeros(n_exp * n_max)
+    mask[slot] = 1.0
+    mask = mask.reshape(n_exp, n_max, 1)
+    if symbolic_k:
+        k_pad = pt.set_subtensor(pt.zeros(n_exp * n_max)[slot], k).reshape((n_exp, n_max))
+    else:
+        k_pad = np.zeros(n_exp * n_max)
+        k_pad[slot] = k
+        k_pad = k_pad.reshape(n_exp, n_max)
+    kk = k_pad[:, :, None]
+    wq = mask * (w / (np.pi * (t**2 + 0.25)))[:, None, :] * lib.exp(0.5 * kk)
+    phase = t[:, None, :] * kk
+    integral_pad = pt.sum(wq * lib.cos(phase) * m_re[:, None, :] + wq * lib.sin(phase) * m_im[:, None, :], axis=2)
+    integral = integral_pad.reshape((n_exp * n_max,))[slot]
     put_shift = pt.switch(pt.lt(cp, 0), 1.0 - lib.exp(k), 0.0)
     return 1.0 - integral - put_shift
 
