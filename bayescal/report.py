@@ -240,8 +240,9 @@ def plot_pair(data: xr.DataTree, max_draws: int = PAIR_MAX_DRAWS) -> plt.Figure:
     thinned = _thinned(data, max_draws)
     size = 1.7 * len(names) + 0.8
     visuals = {} if "sample_stats" in thinned.children else {"divergence": False}
-    pm_ = az.plot_pair(thinned, var_names=names, backend="matplotlib", visuals=visuals,
-                       figure_kwargs={"figsize": (size, size)})
+    with az.rc_context({"plot.max_subplots": max(40, len(names) ** 2)}):  # Bates: 8 parameters, 64 panels
+        pm_ = az.plot_pair(thinned, var_names=names, backend="matplotlib", visuals=visuals,
+                           figure_kwargs={"figsize": (size, size)})
     return _finish(pm_.get_viz("figure"), _diagnostic_title(thinned, "Pairs"))
 
 
