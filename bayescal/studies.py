@@ -1,9 +1,10 @@
 """Parameter-recovery studies on simulated chains: does the 94% interval cover the truth 94% of the time?
 
-For each seed the true parameters are one draw from the spec's prior set (simulation-based
-calibration, Talts et al. 2018), a chain is simulated from the pricing model on a fixed quote grid
-(expiries 1 week to 1 year, strikes from -2.5 to +2 ATM standard deviations, out-of-the-money
-side, bid-ask spreads like a liquid crypto chain, mids drawn inside them) and the spec is fitted.
+For each seed the true parameters (and the noise floor ``sigma_obs``) are one draw from the spec's
+prior set (simulation-based calibration, Talts et al. 2018), a chain is simulated from the pricing
+model on a fixed quote grid (expiries 1 week to 1 year, strikes from -2.5 to +2 ATM standard
+deviations, out-of-the-money side, bid-ask spreads like a liquid crypto chain, mids drawn from the
+likelihood's noise model) and the spec is fitted.
 Averaged over prior draws, a correct posterior covers each true parameter with its central 94%
 interval at exactly 94%; a systematically lower rate means a biased or overconfident fit.
 
@@ -67,7 +68,8 @@ def _model_iv(pricing: PricingModel, truth: dict[str, np.ndarray], k: np.ndarray
 
 
 def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random.Generator,
-                    taus: np.ndarray = DEFAULT_TAUS, settings: dict[str, Any] | None = None) -> xr.Dataset:
+                    taus: np.ndarray = DEFAULT_TAUS, settings: dict[str, Any] | None = None,
+                    noise: tuple[np.ndarray, float] | None = None) -> xr.Dataset:
     """Quotes simulated from a pricing model with known kernel inputs.
 
     Parameters
@@ -82,13 +84,17 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
         Expiries in years.
     settings : dict, optional
         Model settings (e.g. SABR's ``beta``).
+    noise : (sigma_obs, spread_weight), optional
+        Draw the mids from the likelihood's own noise model,
+        ``sd = sqrt(sigma_obs[expiry]**2 + (spread_weight * half_spread)**2)`` (``sigma_obs`` shape
+        (n_expiry,)), as simulation-based calibration requires. Default: ``sd = half_spread / 2``.
 
     Returns
     -------
     xarray.Dataset
         Canonical quotes (:func:`bayescal.market.quotes.make_quotes`): half spread in IV
         ``0.004 + 0.01 |z|`` (``z`` the strike in ATM standard deviations), mid IV the model IV plus
-        normal noise of half the half spread. Quotes whose model price has no implied vol (far-wing
+        normal noise (see ``noise``). Quotes whose model price has no implied vol (far-wing
         underflow) get no bid and no ask, so the filters report them (status ``no_bid``).
     """
     pricing = get_pricing_model(model_key, **(settings or {}))
@@ -103,7 +109,12 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     tau = taus[idx]
     iv = _model_iv(pricing, truth, k, tau, idx)
     half = 0.004 + 0.01 * np.abs(zz)
-    mid = iv + rng.normal(0.0, 0.5 * half)
+    if noise is None:
+        sd = 0.5 * half
+    else:
+        sigma_obs, weight = noise
+        sd = np.sqrt(np.broadcast_to(np.asarray(sigma_obs, float), (n_exp,))[idx] ** 2 + (weight * half) ** 2)
+    mid = iv + rng.normal(0.0, sd)
     bid_iv, ask_iv = mid - half, mid + half
     strike = FORWARD * np.exp(k)
     cp = np.where(k >= 0, 1, -1)
@@ -123,7 +134,7 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
 
 
 def prior_truth(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAUS) -> dict[str, dict[str, np.ndarray]]:
-    """One draw from the spec's prior: ``{"parameters": {...}, "kernel_inputs": {...}}`` (per-expiry arrays).
+    """One draw from the spec's prior: ``{"parameters", "kernel_inputs", "sigma_obs"}`` (per-expiry arrays).
 
     The model is built on a template chain (flat 60% smiles on the simulation grid) only to get
     its variables; the draw does not depend on the template's quotes.
@@ -138,7 +149,8 @@ def prior_truth(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAU
     take = {n: prior[pricing.name(n)].isel(chain=0, draw=0).to_numpy() for n in
             set(pricing.parameters) | set(pricing.kernel_inputs)}
     return {"parameters": {n: take[n] for n in pricing.parameters},
-            "kernel_inputs": {n: take[n] for n in pricing.kernel_inputs}}
+            "kernel_inputs": {n: take[n] for n in pricing.kernel_inputs},
+            "sigma_obs": prior["sigma_obs"].isel(chain=0, draw=0).to_numpy()}
 
 
 def recovery_run(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAUS) -> dict[str, Any]:
@@ -153,7 +165,8 @@ def recovery_run(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TA
     """
     truth = prior_truth(spec, seed, taus)
     rng = np.random.default_rng(10_000 + seed)
-    chain = simulated_chain(spec.model, truth["kernel_inputs"], rng, taus, spec.model_settings)
+    chain = simulated_chain(spec.model, truth["kernel_inputs"], rng, taus, spec.model_settings,
+                            noise=(truth["sigma_obs"], spec.likelihood.spread_weight))
     result = fit(spec.with_fit(random_seed=seed), chain, progressbar=False, arbitrage_check=False)
     post = result.posterior
     pricing = get_pricing_model(spec.model, **spec.model_settings)
