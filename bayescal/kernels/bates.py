@@ -169,6 +169,8 @@ def bates_norm_price(
     Vectorised over quotes like :func:`bayescal.kernels.heston.heston_norm_price` (same method,
     same accuracy; see the module docstrings).
 
+    All array inputs broadcast elementwise.
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -188,8 +190,6 @@ def bates_norm_price(
         Standard deviation of ``ln J``, ``>= 0``.
     n_nodes : int, default 96
         Quadrature nodes per quote (see ``DEFAULT_BATES_NODES``).
-
-    All array inputs broadcast elementwise.
 
     Returns
     -------

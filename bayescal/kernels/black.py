@@ -91,6 +91,8 @@ def black76_norm_price(k, w, cp):
     gradient are finite for far strikes and tiny variances (e.g. ``|k| = 5``, ``w = 1e-8``);
     OTM prices below about 1e-300 underflow to 0.
 
+    Shapes broadcast elementwise (numpy rules).
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -99,8 +101,6 @@ def black76_norm_price(k, w, cp):
         Total implied variance ``iv**2 * tau``, dimensionless, ``>= 0``.
     cp : array_like or TensorVariable
         +1 (call) or -1 (put). Integer or float dtype.
-
-    Shapes broadcast elementwise (numpy rules).
 
     Returns
     -------
@@ -147,6 +147,8 @@ def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
     Black-Scholes-Merton spot model pass ``forward = S exp((r - q) tau)`` and
     ``discount_factor = exp(-r tau)`` [BSM]_.
 
+    Shapes broadcast elementwise (numpy rules).
+
     Parameters
     ----------
     forward : array_like or TensorVariable
@@ -161,8 +163,6 @@ def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
         +1 (call) or -1 (put).
     discount_factor : array_like or TensorVariable, default 1.0
         ``D = P(0, tau)``, ``> 0``; 1 gives the undiscounted (forward) price.
-
-    Shapes broadcast elementwise (numpy rules).
 
     Returns
     -------

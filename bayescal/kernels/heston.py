@@ -193,6 +193,8 @@ def heston_log_mgf(a, tau, v0, kappa, theta, xi, rho):
     written without the ``1/xi**2`` cancellation. The characteristic function is
     ``phi(u) = exp(heston_log_mgf(i u))``.
 
+    All inputs broadcast elementwise.
+
     Parameters
     ----------
     a : tuple (re, im) of array_like or TensorVariable
@@ -208,8 +210,6 @@ def heston_log_mgf(a, tau, v0, kappa, theta, xi, rho):
         Volatility of variance, ``>= 0`` (``xi = 0`` is the deterministic-variance limit).
     rho : array_like or TensorVariable
         Correlation of the spot and variance Brownian motions, ``[-1, 1]``.
-
-    All inputs broadcast elementwise.
 
     Returns
     -------
@@ -528,6 +528,8 @@ def heston_norm_price(k, tau, cp, v0, kappa, theta, xi, rho, *, n_nodes=DEFAULT_
     parameters scalars or per-quote vectors (e.g. gathered per expiry); one graph prices all of
     them. Method and accuracy: module docstring ([H93]_, [AMST07]_, [L01]_, [LK07]_).
 
+    All array inputs broadcast elementwise (numpy rules).
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -548,8 +550,6 @@ def heston_norm_price(k, tau, cp, v0, kappa, theta, xi, rho, *, n_nodes=DEFAULT_
         Spot/variance correlation, ``[-1, 1]``.
     n_nodes : int, default 64
         Quadrature nodes per quote (48 is enough for ~1e-10 in hard regimes, 32 for ~1e-7).
-
-    All array inputs broadcast elementwise (numpy rules).
 
     Returns
     -------

@@ -136,6 +136,9 @@ def merton_norm_price(
     Each Black term is evaluated out of the money plus intrinsic value by
     :func:`~bayescal.kernels.black.black76_norm_price`, so small prices keep relative precision.
 
+    All array inputs broadcast elementwise (numpy rules); the series runs along an internal trailing
+    axis.
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -157,9 +160,6 @@ def merton_norm_price(
         time. Truncation error <= ``P(Poisson(Lambda) >= n_terms)`` for calls and
         ``e^k P(Poisson(lambda tau) >= n_terms)`` for puts; below 1e-12 for Poisson means up to 22.68
         with the default (see the module docstring and :func:`merton_poisson_tail`).
-
-    All array inputs broadcast elementwise (numpy rules); the series runs along an internal trailing
-    axis.
 
     Returns
     -------

@@ -95,6 +95,8 @@ def sabr_lognormal_vol(forward, strike, tau, alpha, beta, rho, nu, shift=0.0):
     ``alpha / f**(1-beta) {1 + [...] tau}`` with finite derivatives. ``beta = 1, nu = 0`` gives the flat
     smile ``sigma_B = alpha``.
 
+    All inputs broadcast elementwise.
+
     Parameters
     ----------
     forward : array_like or TensorVariable
@@ -114,8 +116,6 @@ def sabr_lognormal_vol(forward, strike, tau, alpha, beta, rho, nu, shift=0.0):
     shift : array_like or TensorVariable, default 0.0
         Displacement applied to forward and strike (shifted SABR; then the result is the shifted
         Black vol).
-
-    All inputs broadcast elementwise.
 
     Returns
     -------

@@ -64,6 +64,8 @@ def ssvi_butterfly_margins(theta, rho, phi):
     (a slice violating them can still have ``g(k) >= 0``, see
     :func:`bayescal.kernels.svi.ssvi_g`).
 
+    All inputs broadcast elementwise.
+
     Parameters
     ----------
     theta : array_like or TensorVariable
@@ -72,8 +74,6 @@ def ssvi_butterfly_margins(theta, rho, phi):
         SSVI correlation, ``|rho| < 1``.
     phi : array_like or TensorVariable
         ``phi(theta) > 0`` at the same ``theta`` (e.g. :func:`bayescal.kernels.svi.ssvi_phi_power_law`).
-
-    All inputs broadcast elementwise.
 
     Returns
     -------

@@ -85,6 +85,8 @@ def _tensors(*xs):
 def svi_raw_total_variance(k, a, b, rho, m, sigma):
     """Raw SVI total implied variance ``w(k) = a + b (rho (k - m) + sqrt((k - m)**2 + sigma**2))``.
 
+    All inputs broadcast elementwise; each may carry e.g. an expiry axis.
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -99,8 +101,6 @@ def svi_raw_total_variance(k, a, b, rho, m, sigma):
         Horizontal shift (log-moneyness units).
     sigma : array_like or TensorVariable
         ATM smoothing, ``> 0``.
-
-    All inputs broadcast elementwise; each may carry e.g. an expiry axis.
 
     Returns
     -------
@@ -209,6 +209,8 @@ def svi_raw_g(k, a, b, rho, m, sigma):
 def ssvi_total_variance(k, theta, rho, phi):
     """SSVI total implied variance ``w(k, theta) = theta/2 (1 + rho phi k + sqrt((phi k + rho)**2 + 1 - rho**2))``.
 
+    All inputs broadcast elementwise.
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -220,8 +222,6 @@ def ssvi_total_variance(k, theta, rho, phi):
     phi : array_like or TensorVariable
         Value of the curvature function at ``theta`` (``> 0``), e.g.
         :func:`ssvi_phi_power_law` or :func:`ssvi_phi_heston_like`.
-
-    All inputs broadcast elementwise.
 
     Returns
     -------

@@ -99,6 +99,8 @@ def vg_log_cf(u, tau, sigma, nu, theta):
     ``phi(u) = exp(i u omega tau) (1 - i u theta nu + sigma**2 nu u**2 / 2)**(-tau/nu)`` [MCC98]_ written
     without complex numbers (``log1p`` keeps full precision as ``nu -> 0``).
 
+    All inputs broadcast elementwise.
+
     Parameters
     ----------
     u : array_like or TensorVariable
@@ -111,8 +113,6 @@ def vg_log_cf(u, tau, sigma, nu, theta):
         Variance rate of the gamma time change, ``> 0``.
     theta : array_like or TensorVariable
         Drift in gamma time (skew), with ``1 - theta nu - sigma**2 nu / 2 > 0``.
-
-    All inputs broadcast elementwise.
 
     Returns
     -------
@@ -155,6 +155,8 @@ def vg_norm_price(
     The put is the COS sum of the module docstring [FO08]_ on the cumulant range; the call is
     ``put + 1 - e^k`` (put-call parity, ``-expm1(k)`` exact near ``k = 0``).
 
+    All array inputs broadcast elementwise; the cosine sum runs along an internal trailing axis.
+
     Parameters
     ----------
     k : array_like or TensorVariable
@@ -174,8 +176,6 @@ def vg_norm_price(
         docstring for the error as a function of ``tau / nu``.
     truncation_width : float, default 12.0
         ``L`` of the truncation range ``c1 +- L sqrt(c2 + sqrt(c4))``.
-
-    All array inputs broadcast elementwise; the cosine sum runs along an internal trailing axis.
 
     Returns
     -------

@@ -396,6 +396,8 @@ def _check_cp(cp: np.ndarray) -> None:
 def implied_vol_black76(price, forward, strike, tau, cp, discount_factor=1.0):
     """Black-76 implied volatility of option premiums, vectorised, to machine precision.
 
+    All inputs are broadcast together (numpy rules); the outputs have the broadcast shape.
+
     Parameters
     ----------
     price : array_like
@@ -412,8 +414,6 @@ def implied_vol_black76(price, forward, strike, tau, cp, discount_factor=1.0):
         Discount factor to the payment date, ``> 0``. A spot-based Black-Scholes quote with rate
         ``r`` and dividend yield ``q`` is inverted with ``forward = S exp((r - q) tau)`` and
         ``discount_factor = exp(-r tau)``.
-
-    All inputs are broadcast together (numpy rules); the outputs have the broadcast shape.
 
     Returns
     -------
@@ -508,6 +508,8 @@ def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
     of the OTM part is a few ulps times ``1 + |ln b|`` (the conditioning of ``b`` in its inputs),
     e.g. about 1e-14 for a premium of 1e-20 in units of ``sqrt(F K)``.
 
+    All inputs broadcast together (numpy rules).
+
     Parameters
     ----------
     forward, strike : array_like
@@ -520,8 +522,6 @@ def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
         ``+1`` call, ``-1`` put.
     discount_factor : array_like, default 1.0
         Discount factor ``D``.
-
-    All inputs broadcast together (numpy rules).
 
     Returns
     -------
