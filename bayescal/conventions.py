@@ -46,7 +46,7 @@ class QuoteStatus(IntEnum):
     IV_NOT_FOUND = 7  #: bid/ask/mid implied-vol inversion gave no volatility for another reason (not converged)
     IV_FAILED = 7  #: former name of ``IV_NOT_FOUND`` (alias, same code)
     FEW_QUOTES = 8  #: expiry keeps fewer quotes than ``FilterSettings.min_quotes_per_expiry``
-    OUT_OF_RANGE = 9  #: k outside ``FilterSettings.k_range``
+    OUT_OF_RANGE = 9  #: k outside ``FilterSettings.k_range`` or beyond ``FilterSettings.z_max`` ATM standard deviations
     INVALID = 10  #: strike / forward / discount factor / tau / option type missing, non-finite or <= 0
     ABOVE_UPPER_BOUND = 11  #: premium at or above the no-arbitrage maximum (D F for a call, D K for a put)
     NON_POSITIVE_TAU = 12  #: tau == 0 (expiry at the valuation time), or a source-given tau <= 0

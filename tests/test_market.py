@@ -127,6 +127,24 @@ def test_k_range_filter(btc):
     assert any(r["filter"] == "k_range" and r["removed"] > 0 for r in filter_report(q))
 
 
+def test_z_max_filter_scales_with_maturity(btc):
+    """|k| / (iv_atm sqrt(tau)) <= z_max per expiry, iv_atm from the three quotes nearest the money."""
+    base = filter_quotes(btc, FilterSettings())
+    q = filter_quotes(btc, FilterSettings(z_max=2.0))
+    used, before = used_quotes(q), used_quotes(base)
+    removed = [r for r in filter_report(q) if r["filter"] == "z_max"]
+    assert len(removed) == 1 and removed[0]["removed"] > 0
+    assert removed[0]["status"] == "out_of_range"
+    for e in np.unique(used["expiry_idx"].to_numpy()):
+        rows = used["expiry_idx"].to_numpy() == e
+        k, iv, tau = (used[n].to_numpy()[rows] for n in ("k", "mid_iv", "tau"))
+        b = before["expiry_idx"].to_numpy() == e
+        near = np.argsort(np.abs(before["k"].to_numpy()[b]))[:3]
+        iv_atm = np.median(before["mid_iv"].to_numpy()[b][near])
+        assert np.all(np.abs(k) / (iv_atm * np.sqrt(tau)) <= 2.0 + 1e-12)
+    assert (q["status"].to_numpy() == QuoteStatus.OUT_OF_RANGE).sum() == removed[0]["removed"]
+
+
 def test_underlying_selection_errors(shared_data):
     with pytest.raises(QuoteValidationError, match=r"several underlyings \['BTC', 'ETH'\]"):
         read_chain(SNAPSHOT)

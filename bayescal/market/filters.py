@@ -35,6 +35,12 @@ class FilterSettings:
         Keep calls with strike >= forward and puts with strike < forward (status ``IN_THE_MONEY``).
     k_range : tuple of float or None
         Keep quotes with ``k_range[0] <= k <= k_range[1]`` (status ``OUT_OF_RANGE``).
+    z_max : float or None
+        Keep quotes within ``z_max`` at-the-money standard deviations of the money,
+        ``|k| / (iv_atm sqrt(tau)) <= z_max``, with ``iv_atm`` the median mid IV of the (up to) three
+        quotes of the expiry nearest ``k = 0`` that passed the previous filters (status
+        ``OUT_OF_RANGE``). Unlike ``k_range`` it scales with maturity: far wings of short expiries
+        carry little information and are the least reliable quotes.
     min_quotes_per_expiry : int
         Remove whole expiries left with fewer quotes (status ``FEW_QUOTES``).
     drop_static_arbitrage : bool
@@ -49,6 +55,7 @@ class FilterSettings:
     tau_min_days: float = 2.0
     otm_only: bool = True
     k_range: tuple[float, float] | None = None
+    z_max: float | None = None
     min_quotes_per_expiry: int = 5
     drop_static_arbitrage: bool = False
     arbitrage_tolerance: float = 1.0
@@ -149,6 +156,15 @@ def filter_quotes(quotes: xr.Dataset, settings: FilterSettings | None = None) ->
         _apply(step, status, labels, report)
 
     mid_iv, bid_iv, ask_iv = (q[v].to_numpy() for v in ("mid_iv", "bid_iv", "ask_iv"))
+    if settings.z_max is not None:
+        far = np.zeros_like(status, dtype=bool)
+        for e in np.unique(labels):
+            rows = np.flatnonzero((labels == e) & (status == QuoteStatus.OK))
+            if rows.size:
+                near = rows[np.argsort(np.abs(k[rows]))[:3]]
+                z = np.abs(k[rows]) / (np.median(mid_iv[near]) * np.sqrt(tau[rows]))
+                far[rows[z > settings.z_max]] = True
+        _apply(_Step("z_max", QuoteStatus.OUT_OF_RANGE, f"z_max={settings.z_max}", far), status, labels, report)
     candidate = (status == QuoteStatus.OK) & np.isfinite(mid_iv) & np.isfinite(bid_iv) & np.isfinite(ask_iv)
     flags = static_arbitrage_flags(
         expiry=q["expiry"].to_numpy(), tau=tau, strike=strike, cp=cp, forward=forward, discount=discount,
