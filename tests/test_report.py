@@ -224,7 +224,10 @@ def test_btc_report_in_chromium(btc_run, chromium, artifacts, capsys):
     assert page.text("valuation-time") == result.idata.attrs["valuation_time"]
     assert "approximate-label" not in page.texts
     assert png_size(shot) == WINDOW_SIZE
-    _show(capsys, f"BTC calibration report screenshot: {shot}")
+    _show(capsys, f"BTC calibration report screenshot: {shot}; page shows status {conv['status']}, max R-hat "
+                  f"{conv['max_rhat']:.4f}, min bulk ESS {conv['min_ess_bulk']:.0f}, divergences {conv['divergences']}, "
+                  f"RMSE {quality['rmse_vol_points']:.3f} vol points, arbitrage-free "
+                  f"{100 * quality['arbitrage_free_share']:.1f}%, {quality['n_quotes']} quotes, {n_expiries} expiries")
 
 
 def test_track_report_in_chromium(track_run, chromium, artifacts, capsys):
@@ -248,7 +251,8 @@ def test_track_report_in_chromium(track_run, chromium, artifacts, capsys):
         mean = w["summary"]["rho"]["mean"]
         assert np.isclose(float(page.text(f"window-{i}-rho").split()[0]), mean, rtol=1e-3, atol=1e-6)
     assert png_size(shot) == WINDOW_SIZE
-    _show(capsys, f"track report screenshot: {shot}")
+    _show(capsys, f"track report screenshot: {shot}; windows (status, conflict, rho mean): "
+                  + "; ".join(f"{w['status']}, {w['conflict']}, {w['summary']['rho']['mean']:.4f}" for w in ds))
 
 
 def test_approximate_report_is_labelled(chromium, tmp_path):
