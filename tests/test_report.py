@@ -225,7 +225,8 @@ def test_btc_report_in_chromium(btc_run, chromium, artifacts, capsys):
     assert "approximate-label" not in page.texts
     assert png_size(shot) == WINDOW_SIZE
     _show(capsys, f"BTC calibration report screenshot: {shot}; page shows status {conv['status']}, max R-hat "
-                  f"{conv['max_rhat']:.4f}, min bulk ESS {conv['min_ess_bulk']:.0f}, divergences {conv['divergences']}, "
+                  f"{conv['max_rhat']:.4f}, min bulk ESS {conv['min_ess_bulk']:.0f}, "
+                  f"divergences {conv['divergences']}, "
                   f"RMSE {quality['rmse_vol_points']:.3f} vol points, arbitrage-free "
                   f"{100 * quality['arbitrage_free_share']:.1f}%, {quality['n_quotes']} quotes, {n_expiries} expiries")
 
