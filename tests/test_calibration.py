@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import SNAPSHOT
 
 from bayescal.cli import main
 from bayescal.inference import fit
@@ -139,17 +138,3 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["calibrate", "--demo", "--model", "nosuch", "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_deribit_btc_snapshot_full_fit(shared_data):
-    """The issue's target on the real 2025-12-30 BTC chain: 4 x 1000 draws, every expiry with >= 5 OTM quotes."""
-    result = fit(load_spec("svi"), read_chain(SNAPSHOT, underlying="BTC"), progressbar=False)
-    conv, quality = result.convergence, result.fit_quality
-    print(conv, quality, result.timings)
-    assert result.posterior.sizes["expiry"] == 10
-    assert conv["max_rhat"] <= 1.01
-    assert conv["min_ess_bulk"] >= 400
-    assert conv["divergences"] == 0
-    assert quality["rmse_vol_points"] < 1.5
-    assert quality["pp_overlap_share"] > 0.9

@@ -23,21 +23,18 @@ REAL_CHAIN_MODELS = ("svi", "ssvi", "heston", "bates")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "seed", "max_rhat"), [("heston", 1, 1.01), ("bates", 2, 1.05)])
-def test_recovery_of_a_prior_draw(model: str, seed: int, max_rhat: float):
+def test_heston_recovery_of_a_prior_draw():
     """Truth drawn from the crypto prior, chain simulated with the exact per-quote kernel, NUTS fit.
 
-    With 5 (Heston) or 8 (Bates) parameters at 94%, at most one miss is expected by chance. Heston
-    must pass the gate (``ok``). Bates on 75 quotes trades jumps against diffusion (seed 2 with
-    4 x 600 draws: R-hat 1.032, bulk ESS 146, all 8 truths inside): it must converge (R-hat <= 1.05,
-    no divergence) but may stay at ``warn`` on ESS.
+    With 5 parameters at 94%, at most one miss is expected by chance, and the fit must pass the gate.
+    (Bates recovery is left to the study command: on 75 quotes it trades jumps against diffusion and
+    needs ~7 minutes per seed here; seed 2 with 4 x 600 draws gave R-hat 1.032, all 8 truths inside.)
     """
-    run = recovery_run(load_spec(model), seed)  # the spec's own draws: what the study runs for this seed
+    run = recovery_run(load_spec("heston"), 1)  # the spec's own draws: what the study runs for seed 1
     conv = run["convergence"]
     print(run)
-    if max_rhat <= 1.01:
-        assert conv["status"] == "ok", conv["reasons"]
-    assert conv["max_rhat"] <= max_rhat
+    assert conv["status"] == "ok", conv["reasons"]
+    assert conv["max_rhat"] <= 1.01
     assert conv["divergences"] == 0
     misses = [p for p in run["parameters"] if not p["inside"]]
     assert len(misses) <= 1, misses
@@ -62,6 +59,8 @@ def test_btc_snapshot_fit_meets_the_gate(btc_fits, model: str):
     assert conv["min_ess_bulk"] >= 400
     assert conv["divergences"] == 0
     assert quality["n_quotes"] == 278
+    assert result.posterior.sizes["expiry"] == 10
+    assert quality["pp_overlap_share"] > 0.9
     # Measured when written (vol points): svi 0.42, ssvi 1.2, heston 1.54, bates 1.3.
     assert quality["rmse_vol_points"] < {"svi": 0.6, "ssvi": 2.0, "heston": 2.0, "bates": 2.0}[model]
     if model in ("heston", "bates"):
