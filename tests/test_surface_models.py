@@ -72,6 +72,9 @@ def test_btc_snapshot_fit_meets_the_gate(btc_fits, model: str):
 def test_btc_loo_comparison_table(btc_fits, tmp_path):
     """PSIS-LOO across the four models on the same 278 quotes: per-expiry SVI has the best ELPD.
 
+    Measured when written (ELPD difference to SVI): bates -250, heston -340, ssvi -410: jumps help the
+    short expiries, and a one-parameter-set surface model pays for the term structure of the smile.
+
     The same table through ``bayescal compare RUN... --out CSV`` on saved results.
     """
     table = compare_results(btc_fits)
@@ -79,7 +82,8 @@ def test_btc_loo_comparison_table(btc_fits, tmp_path):
     assert set(table.index) == set(REAL_CHAIN_MODELS)
     assert table.index[0] == "svi"
     assert table["elpd_diff"].iloc[0] == 0.0
-    assert (table["elpd_diff"].iloc[1:] > 0).all()
+    assert (table["elpd_diff"].iloc[1:] < -50).all()  # 278 quotes: whole-surface models are clearly worse
+    assert table.loc["bates", "elpd"] > table.loc["heston", "elpd"]  # Bates nests Heston
     runs = []
     for model, result in btc_fits.items():
         result.save(tmp_path / model / "result.nc")
@@ -89,7 +93,7 @@ def test_btc_loo_comparison_table(btc_fits, tmp_path):
     written = pd.read_csv(out, index_col=0)
     assert len(written) == 4
     assert written.index[0].startswith("svi")
-    np.testing.assert_allclose(np.sort(written["elpd_loo"].to_numpy()), np.sort(table["elpd_loo"].to_numpy()))
+    np.testing.assert_allclose(np.sort(written["elpd"].to_numpy()), np.sort(table["elpd"].to_numpy()))
 
 
 @pytest.mark.slow
