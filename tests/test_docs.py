@@ -20,8 +20,8 @@ def test_mkdocs_build_strict(tmp_path):
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     for page in ("index.html", "getting-started/index.html", "concepts/index.html", "conventions/index.html",
-                 "data/index.html", "models/index.html", "reports/index.html", "notebooks/index.html",
-                 "cli/index.html", "benchmarks/index.html", "api/kernels/index.html",
+                 "data/index.html", "models/index.html", "priors/index.html", "reports/index.html",
+                 "notebooks/index.html", "cli/index.html", "benchmarks/index.html", "api/kernels/index.html",
                  "api/pricing_models/index.html", "api/inference/index.html", "api/sequential/index.html",
                  "api/market/index.html", "api/report/index.html"):
         assert (site / page).is_file(), page
@@ -36,6 +36,12 @@ def test_mkdocs_build_strict(tmp_path):
         assert f"bayescal {command}" in cli, command
     assert "--underlying" in cli and "--chains-per-fit" in cli
     assert not (site / "hooks").exists()
+    # the prior-sets page is generated from priors/<model>/<set>.toml: every file is on it
+    priors = (site / "priors/index.html").read_text()
+    assert "bayescal-prior-sets" not in priors
+    missing = [f.relative_to(REPO).as_posix() for f in sorted((REPO / "priors").glob("*/*.toml"))
+               if f.relative_to(REPO).as_posix() not in priors]
+    assert not missing, f"prior-sets page does not list {missing}"
 
 
 def _commands(markdown: str) -> list[str]:
