@@ -240,6 +240,14 @@ def test_fuzz_readers_heavy(name, fuzz_dir, data):
     _fuzz(name, fuzz_dir, data)
 
 
+@pytest.mark.parametrize("mutations", [[("set", 2, 214, "inf"), ("set", 2, 483, "inf")],
+                                       [("set", 2, 214, "1e308"), ("set", 2, 483, "1e308")]])
+def test_cboe_infinite_bid_and_ask_regression(mutations, fuzz_dir):
+    """Found by the slow fuzz run: a CBOE row whose bid and ask are both inf (or 1e308) made the parity
+    forward's pair table warn (inf - inf, 1e308 + 1e308) instead of ending in a status."""
+    _check(SAMPLES["cboe_quote_table"], _mutate(SAMPLES["cboe_quote_table"], mutations), fuzz_dir)
+
+
 def test_parse_errors_name_column_and_row(tmp_path, shared_data):
     """Targeted cases: text in a numeric column, a bad dict repr, a bad option code: column and data row named."""
     sample = SAMPLES["deribit_ticker"]

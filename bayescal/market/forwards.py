@@ -91,10 +91,12 @@ def _pairs(strike, cp, bid, ask):
     with np.errstate(all="ignore"):
         two = np.isfinite(bid) & np.isfinite(ask) & (bid > 0) & (ask >= bid) & np.isfinite(strike) & (strike > 0)
         two &= (ask < 1e100) & (strike < 1e100)  # beyond this the squares in the weights overflow
-    calls = pd.DataFrame({"K": strike[two & (cp > 0)], "mid": 0.5 * (bid + ask)[two & (cp > 0)],
-                          "spr": (ask - bid)[two & (cp > 0)]}).groupby("K").mean()
-    puts = pd.DataFrame({"K": strike[two & (cp < 0)], "mid": 0.5 * (bid + ask)[two & (cp < 0)],
-                         "spr": (ask - bid)[two & (cp < 0)]}).groupby("K").mean()
+    # arithmetic on the two-sided quotes only: the others may hold inf or 1e308 (overflow warnings)
+    strike, cp, bid, ask = strike[two], cp[two], bid[two], ask[two]
+    calls = pd.DataFrame({"K": strike[cp > 0], "mid": 0.5 * (bid + ask)[cp > 0],
+                          "spr": (ask - bid)[cp > 0]}).groupby("K").mean()
+    puts = pd.DataFrame({"K": strike[cp < 0], "mid": 0.5 * (bid + ask)[cp < 0],
+                         "spr": (ask - bid)[cp < 0]}).groupby("K").mean()
     both = calls.add_suffix("_c").join(puts.add_suffix("_p"), how="inner")
     k = both.index.to_numpy(float)
     y = (both["mid_c"] - both["mid_p"]).to_numpy()
