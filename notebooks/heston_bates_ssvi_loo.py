@@ -88,6 +88,7 @@ for key in models:
 
 # %% PSIS-LOO comparison: best first; elpd (log predictive density), elpd_diff to the best and its se (dse)
 assert len(results) >= 2, f"need two fitted models to compare; failures: {failed}"
+assert not (requested and failed), f"explicitly requested models failed: {failed}"
 table = compare_results(results)
 with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
     print(table)
