@@ -166,3 +166,33 @@ def test_prior_predictive_cli_covers_the_chain(tmp_path, capsys):
     assert inside.mean() > 0.9
     assert main(["prior-predictive", "--demo", "--priors", "ssvi/crypto", "--out", str(tmp_path)]) == 2
     assert "is for model 'ssvi', not 'svi'" in capsys.readouterr().err
+
+
+def test_fit_quality_of_price_models_inverts_model_prices_exactly():
+    """Price models report the RMSE of exactly inverted model IVs (mean over draws), not the vega map's."""
+    from bayescal.diagnostics import fit_quality
+    from bayescal.market.quotes import prices_from_iv
+
+    rng = np.random.default_rng(3)
+    k = np.array([-0.3, -0.1, 0.0, 0.15, 0.4])
+    tau = np.array([0.05, 0.1, 0.25, 0.5, 1.0])
+    cp = np.where(k >= 0, 1.0, -1.0)
+    iv_draws = 0.6 + 0.05 * rng.standard_normal((2, 50, k.size))  # model IV per chain, draw, quote
+    ones = np.ones(k.size)
+    price = prices_from_iv(iv_draws, ones, np.exp(k), tau, cp, ones)
+    price[0, 0, 0] = -1.0  # a draw without an implied vol is left out of that quote's mean
+    mid = np.array([0.58, 0.61, 0.6, 0.62, 0.59])
+    draws = ("chain", "draw", "quote")
+    idata = xr.DataTree.from_dict({
+        "posterior": xr.Dataset({"norm_price_model": (draws, price), "iv_model": (draws, np.full(price.shape, 0.7))}),
+        "observed_data": xr.Dataset({"iv_obs": ("quote", mid)}),
+        "constant_data": xr.Dataset({"k": ("quote", k), "tau": ("quote", tau), "cp": ("quote", cp),
+                                     "bid_iv": ("quote", mid - 0.01), "ask_iv": ("quote", mid + 0.01)}),
+        "posterior_predictive": xr.Dataset({"iv_obs": (draws, iv_draws)}),
+    })
+    quality = fit_quality(idata)
+    expected_mean = iv_draws.reshape(100, -1).mean(axis=0)
+    expected_mean[0] = iv_draws.reshape(100, -1)[1:, 0].mean()
+    assert quality["rmse_vol_points"] == pytest.approx(100 * np.sqrt(np.mean((expected_mean - mid) ** 2)), rel=1e-9)
+    assert quality["rmse_vega_map_vol_points"] == pytest.approx(100 * np.sqrt(np.mean((0.7 - mid) ** 2)))
+    assert quality["exact_iv_failures"] == 1 and quality["exact_iv_draws"] == 100
