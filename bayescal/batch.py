@@ -70,10 +70,11 @@ KINDS = ("calibrate", "track")
 FIT_OVERRIDES = {"draws": "draws", "tune": "tune", "chains": "chains", "seed": "random_seed",
                  "target_accept": "target_accept", "method": "method"}
 #: Manifest keys of track tasks, and the :class:`bayescal.sequential.UpdateSettings` field each sets.
-TRACK_SETTINGS = {"inflation": "inflation", "drift": "drift_sd_per_day", "student_t": "student_t_nu"}
+TRACK_SETTINGS = {"inflation": "inflation", "drift": "drift_sd_per_day", "student_t": "student_t_nu",
+                  "warm_tune": "warm_tune"}
 _ENTRY_KEYS = {"kind", "chain", "files", "pattern", "underlying", "spec", "specs", *FIT_OVERRIDES, *TRACK_SETTINGS}
-_INT_KEYS = {"draws", "tune", "chains", "seed"}
-_FLOAT_KEYS = {"target_accept", *TRACK_SETTINGS}
+_INT_KEYS = {"draws", "tune", "chains", "seed", "warm_tune"}
+_FLOAT_KEYS = {"target_accept", *(set(TRACK_SETTINGS) - _INT_KEYS)}
 #: Columns of ``index.csv``.
 INDEX_COLUMNS = ("task_id", "kind", "chain", "underlying", "spec", "spec_id", "overrides", "status", "gate",
                  "gate_detail", "wall_seconds", "result", "error", "compile_cache", "worker", "finished")

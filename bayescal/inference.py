@@ -11,6 +11,7 @@ import dataclasses
 import os
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import pymc as pm
@@ -106,7 +107,8 @@ def _uncacheable_numba_quiet():
         yield
 
 
-def _sample_nuts(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree:
+def _sample_nuts(model: pm.Model, cfg: FitConfig, progressbar: bool,
+                 initvals: dict[str, Any] | None = None) -> xr.DataTree:
     return pm.sample(
         draws=cfg.draws,
         tune=cfg.tune,
@@ -115,6 +117,7 @@ def _sample_nuts(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataT
         random_seed=cfg.random_seed,
         nuts_sampler="nutpie",
         nuts={"target_accept": cfg.target_accept},
+        initvals=initvals or None,
         progressbar=progressbar,
         compute_convergence_checks=False,
         model=model,
@@ -175,8 +178,33 @@ def _standard_layout(idata: xr.DataTree, model: pm.Model) -> xr.DataTree:
     return xr.DataTree.from_dict(groups)
 
 
+def _matching_initvals(model: pm.Model, initvals: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The starting values that fit ``model``'s free variables.
+
+    A value is a scalar, an array of the variable's shape, or a dict ``{expiry label: value}`` for a
+    variable over the expiry dimension (expiries missing from it start at the mean of those present).
+    Names the model does not have as free variables, and values of another shape, are dropped.
+    """
+    shapes = model.eval_rv_shapes()
+    dims = model.named_vars_to_dims
+    out = {}
+    for var in model.free_RVs:
+        value = initvals.get(var.name)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            if dims.get(var.name) != (EXPIRY_DIM,) or not value:
+                continue
+            fill = float(np.mean(list(value.values())))
+            value = [value.get(str(label), fill) for label in model.coords[EXPIRY_DIM]]
+        value = np.asarray(value, float)
+        if value.shape == tuple(shapes[var.name]) and np.all(np.isfinite(value)):
+            out[var.name] = value
+    return out
+
+
 def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
-        arbitrage_check: bool = True) -> CalibrationResult:
+        arbitrage_check: bool = True, initvals: dict[str, Any] | None = None) -> CalibrationResult:
     """Calibrate ``spec`` to ``quotes``: filter, build, fit with the spec's method, check the result.
 
     Parameters
@@ -189,6 +217,12 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     arbitrage_check : bool
         Compute the arbitrage-free share of posterior draws (strike grids per expiry; the costliest
         check for price models). Off in recovery studies, which do not report it.
+    initvals : dict, optional
+        Starting values (constrained space) of free variables, by name, for ``nuts`` (every chain
+        starts near them, jittered): scalars, arrays, or ``{expiry label: value}`` dicts for
+        per-expiry variables. Names the model lacks and values of another shape are ignored (the
+        default start is used). Warm starts of :func:`bayescal.sequential.run_track`; other methods
+        ignore it.
 
     Returns
     -------
@@ -210,9 +244,12 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     model = build_model(spec, used)
     cfg = spec.fit
     free = [v.name for v in model.free_RVs]
+    extra = {}
+    if cfg.method == "nuts" and initvals:
+        extra["initvals"] = _matching_initvals(model, initvals)
     t0 = time.perf_counter()
     with _uncacheable_numba_quiet():
-        idata = _FITTERS[cfg.method](model, cfg, progressbar)
+        idata = _FITTERS[cfg.method](model, cfg, progressbar, **extra)
         t_fit = time.perf_counter() - t0
         idata = _standard_layout(idata, model)
         with model:

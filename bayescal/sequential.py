@@ -31,6 +31,7 @@ import xarray as xr
 from scipy import stats
 
 from bayescal.atomic import atomic_path, write_text_atomic
+from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import CalibrationError, SpecError
 from bayescal.pricing_models import get_pricing_model
 from bayescal.priors import JointPrior, PriorSet, to_unconstrained, unconstrained_transform
@@ -57,6 +58,13 @@ class UpdateSettings:
         Each marginal sd is at least this fraction of the base prior's sd (unconstrained space).
     conflict_quantile : float
         Chi-square quantile above which a window is flagged as a regime change.
+    warm_tune : int
+        Warm start: a window whose prior is the previous posterior tunes NUTS for at most this many
+        draws per chain (instead of the spec's ``tune``), starting every chain at the previous
+        posterior means of the free variables the two windows share (e.g. ``sigma_obs``). The
+        carried parameters need no start of their own: their non-centred joint prior is centred on,
+        and scaled by, the previous posterior, so the default start is that posterior's mean and the
+        sampler sees a roughly whitened geometry. ``0`` = cold start (the spec's ``tune``, default starts).
     """
 
     inflation: float = 1.0
@@ -64,13 +72,14 @@ class UpdateSettings:
     student_t_nu: float = 0.0
     floor_fraction: float = 0.05
     conflict_quantile: float = 0.999
+    warm_tune: int = 300
 
     def __post_init__(self) -> None:
         problems = []
         if self.inflation < 1:
             problems.append(f"inflation must be >= 1 (got {self.inflation})")
-        if self.drift_sd_per_day < 0 or self.floor_fraction < 0 or self.student_t_nu < 0:
-            problems.append("drift_sd_per_day, floor_fraction and student_t_nu must be >= 0")
+        if self.drift_sd_per_day < 0 or self.floor_fraction < 0 or self.student_t_nu < 0 or self.warm_tune < 0:
+            problems.append("drift_sd_per_day, floor_fraction, student_t_nu and warm_tune must be >= 0")
         if not 0 < self.conflict_quantile < 1:
             problems.append(f"conflict_quantile must be in (0, 1) (got {self.conflict_quantile})")
         if problems:
@@ -217,15 +226,30 @@ def _prior_from_dict(raw: dict[str, Any], base: PriorSet) -> PriorSet:
     return replace(base, name=raw.get("name", base.name), joint=joint)
 
 
-def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str | None = None,
+def _warm_start_values(posterior: xr.Dataset) -> dict[str, Any]:
+    """Posterior means of the scalar and per-expiry variables (``{expiry label: mean}``), JSON-ready;
+    :func:`bayescal.inference.fit` keeps those that are free variables of the next window's model."""
+    out: dict[str, Any] = {}
+    for name, values in posterior.data_vars.items():
+        if values.dims == ("chain", "draw"):
+            out[name] = float(values.mean())
+        elif values.dims == ("chain", "draw", EXPIRY_DIM):
+            means = values.mean(("chain", "draw"))
+            out[name] = {str(label): float(v) for label, v in zip(means[EXPIRY_DIM].to_numpy(), means.to_numpy(),
+                                                                  strict=True)}
+    return out
+
+
+def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, underlying: str | None = None,
               settings: UpdateSettings | None = None, progressbar: bool = False,
               log=print) -> xr.DataTree:
     """Fit each window in turn, passing posteriors on as priors; resumable.
 
     Parameters
     ----------
-    files : list of Path
-        Chain files, one per window (sorted here by valuation time).
+    files : list of Path or xarray.Dataset
+        Chain files, one per window (sorted here by valuation time), or canonical quote Datasets
+        (simulated windows; identified in the state by ``source@valuation_time``).
     spec : CalibrationSpec
         Spec of every window; its prior set is the base prior.
     out_dir : str or Path
@@ -242,7 +266,7 @@ def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str |
     xarray.DataTree
         Root dataset over dimension ``window``: ``valuation_time``, per carried parameter
         ``<name>_mean, _sd, _q03, _q25, _q75, _q97``, ``status``, ``conflict``, ``conflict_d2``,
-        ``prior_used``, ``fit_seconds``.
+        ``prior_used``, ``fit_seconds``, ``warm_start``.
 
     Raises
     ------
@@ -260,8 +284,11 @@ def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str |
     names = carried_parameters(spec.model, spec.model_settings)
     base = spec.prior_set
     quotes_by_file = {}
-    for path in files:
-        quotes_by_file[str(path)] = read_chain(path, underlying=underlying)
+    for item in files:
+        if isinstance(item, xr.Dataset):
+            quotes_by_file[f"{item.attrs.get('source', 'quotes')}@{item.attrs['valuation_time']}"] = item
+        else:
+            quotes_by_file[str(item)] = read_chain(item, underlying=underlying)
     order = sorted(quotes_by_file, key=lambda p: quotes_by_file[p].attrs["valuation_time"])
     state_path = out / STATE_FILE
     identity = {"files": order, "spec_id": spec.spec_id, "settings": asdict(settings)}
@@ -278,13 +305,19 @@ def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str |
             continue
         quotes = quotes_by_file[path]
         prior = _prior_from_dict(state["next_prior"], base)
+        warm = settings.warm_tune > 0 and prior.joint is not None and spec.fit.method == "nuts"
+        window_spec = replace(spec, prior_set=prior)
+        if warm:
+            window_spec = window_spec.with_fit(tune=min(spec.fit.tune, settings.warm_tune))
         t0 = time.perf_counter()
-        result = fit(replace(spec, prior_set=prior), quotes, progressbar=progressbar)
+        initvals = state.get("next_initvals") if warm else None
+        result = fit(window_spec, quotes, progressbar=progressbar, initvals=initvals)
         conflict = conflict_check(result, prior, settings.conflict_quantile)
         prior_used = "joint (previous posterior)" if prior.joint is not None else "base"
         if conflict["flagged"]:
             result = fit(spec, quotes, progressbar=progressbar)
             prior_used = "base (conflict fallback)"
+            warm = False
         seconds = time.perf_counter() - t0
         status = result.convergence["status"]
         if i + 1 < len(order):
@@ -308,13 +341,14 @@ def run_track(files: list[Path], spec, out_dir: str | Path, *, underlying: str |
         state["windows"].append({
             "file": path, "valuation_time": quotes.attrs["valuation_time"], "status": status,
             "conflict": bool(conflict["flagged"]), "conflict_d2": conflict["d2"], "prior_used": prior_used,
-            "fit_seconds": seconds, "result": window_file.name, "summary": summary,
+            "fit_seconds": seconds, "warm_start": warm, "result": window_file.name, "summary": summary,
         })
         state["next_prior"] = next_prior.to_dict()
+        state["next_initvals"] = {} if status == "fail" else _warm_start_values(post)
         write_text_atomic(state_path, json.dumps(state, indent=1))
         flag = f", CONFLICT d2={conflict['d2']:.1f}" if conflict["flagged"] else ""
         log(f"track: window {i + 1}/{len(order)} {quotes.attrs['valuation_time']}: {status}, prior {prior_used}"
-            f"{flag}, {seconds:.1f} s")
+            f"{flag}, {'warm' if warm else 'cold'} start, {seconds:.1f} s")
     tree = track_tree(state, names)
     with atomic_path(out / TRACK_FILE) as tmp:
         tree.to_netcdf(tmp, engine="h5netcdf")
@@ -331,6 +365,7 @@ def track_tree(state: dict[str, Any], names: list[str]) -> xr.DataTree:
         "conflict_d2": ("window", np.array([w["conflict_d2"] for w in windows], float)),
         "prior_used": ("window", np.array([w["prior_used"] for w in windows])),
         "fit_seconds": ("window", np.array([w["fit_seconds"] for w in windows], float)),
+        "warm_start": ("window", np.array([w.get("warm_start", False) for w in windows], bool)),
         "file": ("window", np.array([w["file"] for w in windows])),
     }
     for n in names:

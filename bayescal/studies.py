@@ -11,6 +11,7 @@ interval at exactly 94%; a systematically lower rate means a biased or overconfi
 Command (not part of the test suite; one NUTS fit per model and seed)::
 
     python -m bayescal.studies --model heston --seeds 20 --out runs/recovery_heston.json
+    python -m bayescal.studies --model heston --seeds 1 --track-windows 20 --out runs/track_heston.json
 
 References
 ----------
@@ -35,14 +36,18 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from bayescal.atomic import write_text_atomic
+from bayescal.errors import SpecError
 from bayescal.inference import build_model, fit
 from bayescal.market.filters import filter_quotes, used_quotes
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.market.quotes import make_quotes, prices_from_iv
 from bayescal.pricing_models import PricingModel, get_pricing_model
+from bayescal.priors import from_unconstrained, to_unconstrained, unconstrained_transform
+from bayescal.results import CalibrationResult
+from bayescal.sequential import UpdateSettings, carried_parameters, run_track
 from bayescal.spec import CalibrationSpec, load_spec
 
-__all__ = ["DEFAULT_TAUS", "prior_truth", "recovery_run", "simulated_chain"]
+__all__ = ["DEFAULT_TAUS", "prior_truth", "recovery_run", "simulated_chain", "track_recovery_run"]
 
 #: Expiries of the simulated grid, in years (1 week, 1 month, 3 months, 6 months, 1 year).
 DEFAULT_TAUS = np.array([7, 30, 91, 182, 365]) / 365.0
@@ -69,7 +74,8 @@ def _model_iv(pricing: PricingModel, truth: dict[str, np.ndarray], k: np.ndarray
 
 def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random.Generator,
                     taus: np.ndarray = DEFAULT_TAUS, settings: dict[str, Any] | None = None,
-                    noise: tuple[np.ndarray, float] | None = None) -> xr.Dataset:
+                    noise: tuple[np.ndarray, float] | None = None,
+                    valuation: pd.Timestamp = VALUATION) -> xr.Dataset:
     """Quotes simulated from a pricing model with known kernel inputs.
 
     Parameters
@@ -88,6 +94,8 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
         Draw the mids from the likelihood's own noise model,
         ``sd = sqrt(sigma_obs[expiry]**2 + (spread_weight * half_spread)**2)`` (``sigma_obs`` shape
         (n_expiry,)), as simulation-based calibration requires. Default: ``sd = half_spread / 2``.
+    valuation : pandas.Timestamp
+        Valuation time (expiries are ``valuation + tau``).
 
     Returns
     -------
@@ -118,7 +126,7 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     bid_iv, ask_iv = mid - half, mid + half
     strike = FORWARD * np.exp(k)
     cp = np.where(k >= 0, 1, -1)
-    expiry = [VALUATION + pd.Timedelta(seconds=round(t * 365 * 86400)) for t in tau]
+    expiry = [valuation + pd.Timedelta(seconds=round(t * 365 * 86400)) for t in tau]
     frame = pd.DataFrame({
         "instrument": [f"SIM-{e}-{i}" for e, i in zip(idx, np.tile(np.arange(N_STRIKES), n_exp), strict=True)],
         "expiry": expiry, "strike": strike, "cp": cp, "forward": FORWARD, "discount_factor": 1.0,
@@ -127,7 +135,7 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     with np.errstate(invalid="ignore"):
         frame["bid"] = prices_from_iv(np.where(bid_iv > 0, bid_iv, np.nan), *args)
         frame["ask"] = prices_from_iv(ask_iv, *args)
-    return make_quotes(frame, valuation_time=VALUATION, underlying="SIM", source=f"simulated {model_key}",
+    return make_quotes(frame, valuation_time=valuation, underlying="SIM", source=f"simulated {model_key}",
                        fmt="simulated", premium_note="simulated", tau=tau,
                        bid_iv=np.where(np.isfinite(frame["bid"]), bid_iv, np.nan),
                        ask_iv=np.where(np.isfinite(frame["ask"]), ask_iv, np.nan))
@@ -184,6 +192,70 @@ def recovery_run(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TA
             "parameters": rows}
 
 
+def track_recovery_run(spec: CalibrationSpec, seed: int, out_dir: str | Path, windows: int = 20,
+                       settings: UpdateSettings | None = None, taus: np.ndarray = DEFAULT_TAUS) -> dict[str, Any]:
+    """Sequential recovery: a daily path of drifting true parameters, tracked window by window.
+
+    The truth follows the random walk the sequential prior assumes: the first window's carried
+    parameters are a prior draw, then each day every carried parameter moves by
+    ``N(0, drift_sd_per_day**2)`` in its unconstrained space (:func:`bayescal.priors.unconstrained_transform`).
+    Each window's noise floor ``sigma_obs`` is a fresh draw from the base prior, and its chain is
+    simulated as in :func:`recovery_run`. :func:`bayescal.sequential.run_track` then fits the windows
+    in turn (posterior -> prior, warm starts, conflict checks) and the 94% band of every carried
+    parameter in every window is checked against the truth.
+
+    Returns
+    -------
+    dict
+        ``seed``, ``windows`` (per window: ``status``, ``conflict``, ``warm_start``, ``fit_seconds``,
+        ``max_rhat``, ``divergences``) and ``parameters``: ``{"name", "window", "truth", "lo", "hi",
+        "inside"}`` per carried parameter and window.
+
+    Raises
+    ------
+    SpecError
+        If the model has nothing to carry between windows, or a carried parameter is not a kernel
+        input of its own name (the simulated drift moves kernel inputs).
+    """
+    settings = settings or UpdateSettings(drift_sd_per_day=0.05)
+    pricing = get_pricing_model(spec.model, **spec.model_settings)
+    names = carried_parameters(spec.model, spec.model_settings)
+    if set(pricing.kernel_inputs) != set(pricing.parameters) or set(names) != set(pricing.parameters):
+        raise SpecError(f"track recovery needs a model whose kernel inputs are its carried parameters "
+                        f"({spec.model!r}: parameters {pricing.parameters}, kernel inputs {pricing.kernel_inputs})")
+    transforms = {n: unconstrained_transform(spec.prior_set.priors[n]) for n in names}
+    truth = prior_truth(spec, seed, taus)["parameters"]
+    z = {n: float(to_unconstrained(np.asarray(truth[n], float), transforms[n])) for n in names}
+    rng = np.random.default_rng(20_000 + seed)
+    chains, path = [], []
+    for w in range(windows):
+        if w:
+            z = {n: v + settings.drift_sd_per_day * rng.normal() for n, v in z.items()}
+        values = {n: np.asarray(float(pytensor.function([], from_unconstrained(pt.constant(v), transforms[n]))()))
+                  for n, v in z.items()}
+        sigma_obs = prior_truth(spec, 1_000 * seed + w, taus)["sigma_obs"]
+        chains.append(simulated_chain(spec.model, values, rng, taus, spec.model_settings,
+                                      noise=(sigma_obs, spec.likelihood.spread_weight),
+                                      valuation=VALUATION + pd.Timedelta(days=w)))
+        path.append({n: float(v) for n, v in values.items()})
+    tree = run_track(chains, spec.with_fit(random_seed=seed), out_dir, settings=settings, log=lambda line: None)
+    ds = tree.to_dataset()
+    rows, per_window = [], []
+    for w in range(windows):
+        result = CalibrationResult.load(Path(out_dir) / f"window_{w:02d}.nc")
+        post, conv = result.posterior, result.convergence
+        per_window.append({"status": str(ds["status"][w].item()), "conflict": bool(ds["conflict"][w].item()),
+                           "warm_start": bool(ds["warm_start"][w].item()),
+                           "fit_seconds": float(ds["fit_seconds"][w].item()), "max_rhat": conv["max_rhat"],
+                           "divergences": conv["divergences"]})
+        for n in names:
+            draws = post[pricing.name(n)]
+            lo, hi = (float(draws.quantile(q, ("chain", "draw"))) for q in (0.03, 0.97))
+            rows.append({"name": n, "window": w, "truth": path[w][n], "lo": lo, "hi": hi,
+                         "inside": bool(lo <= path[w][n] <= hi)})
+    return {"seed": seed, "windows": per_window, "parameters": rows}
+
+
 def _binomial_interval(k: int, n: int) -> tuple[float, float]:
     """Central 95% interval of a binomial(n, 0.94) count, as rates (normal approximation)."""
     sd = np.sqrt(0.94 * 0.06 / n)
@@ -199,8 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--track-windows", type=int, default=0,
+                        help="sequential study instead: a daily path of this many windows per seed "
+                             "(see track_recovery_run); fits are kept in a folder beside --out")
+    parser.add_argument("--drift", type=float, default=0.05, help="track study: random-walk sd per sqrt(day)")
     args = parser.parse_args(argv)
     spec = load_spec(args.model).with_fit(draws=args.draws, tune=args.tune)
+    if args.track_windows:
+        return _track_study(spec, args)
     runs = []
     t0 = time.perf_counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -228,6 +306,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: coverage {rate:.3f} over {len(cells)} intervals (95% band for a true 0.94: "
           f"{lo:.3f}-{hi:.3f}); by parameter {by_name}; max R-hat {summary['max_rhat']:.4f}; "
           f"divergent fits {sum(d > 0 for d in summary['divergences'])}/{args.seeds}")
+    return 0
+
+
+def _track_study(spec: CalibrationSpec, args: argparse.Namespace) -> int:
+    """Sequential coverage study over seeds (one simulated path of ``--track-windows`` windows each)."""
+    settings = UpdateSettings(drift_sd_per_day=args.drift)
+    runs = []
+    t0 = time.perf_counter()
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        folder = args.out.with_suffix("") / f"seed_{seed:03d}"
+        run = track_recovery_run(spec, seed, folder, args.track_windows, settings)
+        runs.append(run)
+        inside = [p["inside"] for p in run["parameters"]]
+        w = run["windows"]
+        print(f"seed {seed}: {sum(inside)}/{len(inside)} inside; status "
+              f"{[x['status'] for x in w]}; conflicts {sum(x['conflict'] for x in w)}; max R-hat "
+              f"{max(x['max_rhat'] for x in w):.4f}; divergences {sum(x['divergences'] for x in w)}; "
+              f"seconds per window {np.mean([x['fit_seconds'] for x in w]):.1f}", flush=True)
+    cells = [p for r in runs for p in r["parameters"]]
+    rate = float(np.mean([p["inside"] for p in cells]))
+    by_name = {n: float(np.mean([p["inside"] for p in cells if p["name"] == n]))
+               for n in dict.fromkeys(p["name"] for p in cells)}
+    summary = {"model": args.model, "seeds": args.seeds, "windows": args.track_windows, "drift": args.drift,
+               "draws": args.draws, "tune": args.tune, "coverage": rate, "coverage_by_parameter": by_name,
+               "n_intervals": len(cells), "binomial_95_band": _binomial_interval(sum(p["inside"] for p in cells),
+                                                                                 len(cells)),
+               "wall_seconds": time.perf_counter() - t0, "runs": runs}
+    write_text_atomic(args.out, json.dumps(summary, indent=1))
+    lo, hi = summary["binomial_95_band"]
+    print(f"{args.model} track: coverage {rate:.3f} over {len(cells)} intervals (95% band for a true 0.94: "
+          f"{lo:.3f}-{hi:.3f}); by parameter {by_name}")
     return 0
 
 

@@ -97,6 +97,38 @@ def test_per_expiry_models_have_nothing_to_carry():
     assert carried_parameters("ssvi") == ["rho", "eta", "gamma"]
 
 
+def test_warm_start_values_match_the_next_windows_variables():
+    """Posterior means carry over by name, per-expiry ones by expiry label (new expiries start at the mean);
+    names the next model lacks, wrong shapes and non-finite values are dropped."""
+    import xarray as xr
+
+    from bayescal.inference import _matching_initvals, build_model
+    from bayescal.market.filters import filter_quotes, used_quotes
+    from bayescal.sequential import _warm_start_values
+    from bayescal.spec import load_spec
+    from bayescal.studies import simulated_chain
+
+    spec = load_spec("ssvi")
+    chain = simulated_chain("black76", {"iv": np.full(5, 0.6)}, np.random.default_rng(0))
+    model = build_model(spec, used_quotes(filter_quotes(chain, spec.filters)))
+    labels = list(model.coords["expiry"])
+    previous = xr.Dataset({
+        "ssvi_rho": (("chain", "draw"), np.array([[-0.2, -0.4]])),
+        "sigma_obs": (("chain", "draw", "expiry"), np.array([[[0.01, 0.02, 0.03], [0.03, 0.04, 0.05]]])),
+        "iv_model": (("chain", "draw", "quote"), np.ones((1, 2, 4))),
+    }, coords={"expiry": ["2025-12-25T08:00", *labels[:2]]})
+    carried = _warm_start_values(previous)
+    assert carried == {"ssvi_rho": pytest.approx(-0.3),
+                       "sigma_obs": {"2025-12-25T08:00": pytest.approx(0.02), labels[0]: pytest.approx(0.03),
+                                     labels[1]: pytest.approx(0.04)}}
+    start = _matching_initvals(model, {**carried, "ssvi_eta": [1.0, 2.0], "ssvi_gamma": float("nan"),
+                                       "unknown": 3.0})
+    assert set(start) == {"ssvi_rho", "sigma_obs"}
+    assert start["ssvi_rho"] == pytest.approx(-0.3)
+    # expiries 0 and 1 match by label; the three new ones start at the mean of the three carried values
+    np.testing.assert_allclose(start["sigma_obs"], [0.03, 0.04, 0.03, 0.03, 0.03])
+
+
 def test_state_file_is_json(tmp_path):
     """The state writer leaves either the old or the new complete file (rename is atomic)."""
     from bayescal.atomic import write_text_atomic  # what bayescal.sequential writes the state file with
@@ -145,6 +177,9 @@ def test_track_resumes_after_sigkill(tmp_path, shared_data):
     # a window that passed the gate hands its posterior on; a failed one carries the old prior forward
     expected = ("joint", "base (conflict") if windows[0]["status"] != "fail" else ("base",)
     assert windows[1]["prior_used"].startswith(expected), windows[1]["prior_used"]
+    # warm start (default warm_tune) exactly where the window ran on the previous posterior
+    assert [w["warm_start"] for w in windows] == [w["prior_used"].startswith("joint") for w in windows]
+    assert not windows[0]["warm_start"]
     assert sorted(p.name for p in out.glob("window_*.nc")) == ["window_00.nc", "window_01.nc", "window_02.nc"]
     import xarray as xr
 
