@@ -29,6 +29,7 @@ from bayescal.kernels.merton import merton_norm_price
 from bayescal.kernels.sabr import sabr_lognormal_vol
 from bayescal.kernels.surface import DEFAULT_SURFACE_NODES, bates_surface_norm_price, heston_surface_norm_price
 from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_raw_total_variance
+from bayescal.market.filters import near_money_iv
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.priors import PriorSet
 
@@ -413,16 +414,15 @@ class MertonSurface(PricingModel):
 def atm_total_variance(quotes: xr.Dataset) -> np.ndarray:
     """Market at-the-money total variance ``iv**2 tau`` per expiry, shape (n_expiry,).
 
-    Median mid IV of the (up to) three quotes nearest ``k = 0`` of each expiry; used only to place
-    quadrature nodes (:func:`bayescal.kernels.surface.lewis_nodes`), never as an observation.
+    :func:`bayescal.market.filters.near_money_iv` squared times tau; used only to place quadrature
+    nodes (:func:`bayescal.kernels.surface.lewis_nodes`), never as an observation.
     """
     idx = quotes["expiry_idx"].to_numpy()
     k, iv, tau = (quotes[n].to_numpy() for n in ("k", "mid_iv", "tau"))
     out = np.empty(int(idx.max()) + 1)
     for e in range(out.size):
         rows = np.flatnonzero(idx == e)
-        near = rows[np.argsort(np.abs(k[rows]))[:3]]
-        out[e] = np.median(iv[near]) ** 2 * tau[rows[0]]
+        out[e] = near_money_iv(k[rows], iv[rows]) ** 2 * tau[rows[0]]
     return out
 
 

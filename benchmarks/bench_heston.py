@@ -34,7 +34,7 @@ import pytensor
 import pytensor.tensor as pt
 import QuantLib as ql
 
-from bayescal.kernels.heston import DEFAULT_NODES, heston_price
+from bayescal.kernels.heston import DEFAULT_NODES, heston_expected_variance, heston_price
 from bayescal.kernels.surface import DEFAULT_SURFACE_NODES, heston_surface_norm_price
 
 SPOT, RATE, DIV = 100.0, 0.03, 0.01
@@ -70,7 +70,7 @@ def compile_logp(quotes: np.ndarray, n_nodes: int, kernel: str):
         fwd, strike, tau, cp, disc = (quotes[:, j].copy() for j in range(5))
         taus, idx = np.unique(tau, return_inverse=True)
         p = PARAMS
-        var = p["theta"] * taus + (p["v0"] - p["theta"]) * -np.expm1(-p["kappa"] * taus) / p["kappa"]
+        var = heston_expected_variance(taus, p["v0"], p["kappa"], p["theta"])
         norm = heston_surface_norm_price(np.log(strike / fwd), cp, idx, taus, *theta, var_scale=var, n_nodes=n_nodes)
         model = pt.constant(disc * fwd) * norm
     else:

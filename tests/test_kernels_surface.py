@@ -17,17 +17,12 @@ import pytest
 from conftest import load_reference
 
 from bayescal.kernels.bates import bates_norm_price
-from bayescal.kernels.heston import heston_norm_price
+from bayescal.kernels.heston import heston_expected_variance, heston_norm_price
 from bayescal.kernels.surface import bates_surface_norm_price, heston_surface_norm_price, lewis_nodes
 
 HESTON = ("v0", "kappa", "theta", "xi", "rho")
 JUMPS = ("jump_intensity", "jump_log_mean", "jump_log_stdev")
 TAUS = np.array([2 / 365, 7 / 365, 30 / 365, 0.25, 1.0, 3.0])
-
-
-def expected_variance(tau, v0, kappa, theta):
-    """E[int_0^tau v dt] under Heston."""
-    return theta * tau + (v0 - theta) * -np.expm1(-kappa * tau) / kappa
 
 
 def random_case(rng: np.random.Generator, jumps: bool) -> dict:
@@ -42,7 +37,7 @@ def random_case(rng: np.random.Generator, jumps: bool) -> dict:
 
 def chain(par: dict, rng: np.random.Generator, per_expiry: int = 21):
     """Strikes within +-3 sd on every expiry, OTM side; reference variance off by a factor in [1/4, 4]."""
-    mv = expected_variance(TAUS, par["v0"], par["kappa"], par["theta"])
+    mv = heston_expected_variance(TAUS, par["v0"], par["kappa"], par["theta"])
     idx = np.repeat(np.arange(TAUS.size), per_expiry)
     k = np.tile(np.linspace(-3.0, 3.0, per_expiry), TAUS.size) * np.sqrt(mv[idx])
     cp = np.where(k >= 0, 1.0, -1.0)
@@ -113,7 +108,7 @@ def test_heston_reference_price_cases():
                      p["v0"], p["kappa"], p["theta"], p["sigma_v"], p["rho"],
                      math.exp(-float(p["rate"]) * tau) * forward, case["expected_value"]))
     k, cp, tau, v0, kappa, theta, xi, rho, df, expected = (np.array(col) for col in zip(*rows, strict=True))
-    var = expected_variance(tau, v0, kappa, theta)
+    var = heston_expected_variance(tau, v0, kappa, theta)
     inside = np.abs(k) / np.sqrt(var) <= 5.0
     assert inside.sum() >= 30
     c = heston_surface_norm_price(k, cp, np.arange(k.size), tau, *(x[:, None] for x in (v0, kappa, theta, xi, rho)),

@@ -121,6 +121,7 @@ from bayescal.kernels._complex import (
 
 __all__ = [
     "contour_norm_price",
+    "heston_expected_variance",
     "heston_greeks",
     "heston_log_cf",
     "heston_log_mgf",
@@ -582,6 +583,31 @@ def heston_norm_price(k, tau, cp, v0, kappa, theta, xi, rho, *, n_nodes=DEFAULT_
     )
 
 
+def heston_expected_variance(tau, v0, kappa, theta):
+    """Expected integrated variance ``E[int_0^tau v_t dt] = theta tau + (v0 - theta)(1 - e^{-kappa tau})/kappa``.
+
+    numpy or PyTensor inputs (broadcast); ``kappa tau <= 1e-8`` uses the limit ``v0 tau``. Heston
+    (1993): the mean of the CIR variance, ``E[v_t] = theta + (v0 - theta) e^{-kappa t}``, integrated.
+    Places quadrature nodes and contours; the surface kernel's tests and benchmark use it too.
+
+    Parameters
+    ----------
+    tau : array_like or TensorVariable
+        Time to expiry, years.
+    v0, kappa, theta : array_like or TensorVariable
+        Spot variance, mean-reversion speed (per year) and long-run variance.
+
+    Returns
+    -------
+    array or TensorVariable
+        Total variance (``iv**2 tau`` units), the broadcast shape.
+    """
+    backend = pt if any(isinstance(a, pt.Variable) for a in (tau, v0, kappa, theta)) else np
+    kt = kappa * tau
+    decay = backend.where(kt > 1e-8, -backend.expm1(-kt) / backend.maximum(kappa, _TINY), tau)
+    return theta * tau + (v0 - theta) * decay
+
+
 def _heston_tail(k, tau, v0, kappa, theta, xi, rho):
     """Contour data: tail asymptotics ``(A, B)``, centre and variance of ``ln M``'s Gaussian part.
 
@@ -593,8 +619,7 @@ def _heston_tail(k, tau, v0, kappa, theta, xi, rho):
     """
     xs = pt.maximum(xi, _TINY)
     big_v = v0 + kappa * theta * tau
-    kt = kappa * tau
-    mean_var = theta * tau + (v0 - theta) * pt.switch(pt.gt(kt, 1e-8), -pt.expm1(-kt) / pt.maximum(kappa, _TINY), tau)
+    mean_var = heston_expected_variance(tau, v0, kappa, theta)
     return big_v * pt.sqrt(pt.maximum(1.0 - rho * rho, 0.0)) / xs, rho * big_v / xs + k, (0.5,), mean_var
 
 

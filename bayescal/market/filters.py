@@ -91,6 +91,24 @@ def expiry_label(values: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(np.asarray(values, "datetime64[ns]"), unit="m")
 
 
+def near_money_iv(k: np.ndarray, mid_iv: np.ndarray) -> float:
+    """At-the-money IV of one expiry from its quotes: the median mid IV of the (up to) three quotes
+    nearest ``k = 0``.
+
+    Used by the ``z_max`` filter and to place the Heston/Bates quadrature nodes
+    (:func:`bayescal.pricing_models.atm_total_variance`); never an observation.
+
+    Parameters
+    ----------
+    k : numpy.ndarray, shape (n,)
+        Log-moneyness ``ln(K/F)`` of the expiry's quotes, ``n >= 1``.
+    mid_iv : numpy.ndarray, shape (n,)
+        Their mid implied vols (decimal).
+    """
+    near = np.argsort(np.abs(k))[:3]
+    return float(np.median(mid_iv[near]))
+
+
 def filter_quotes(quotes: xr.Dataset, settings: FilterSettings | None = None) -> xr.Dataset:
     """Apply the data-quality and optional filters, in a fixed order, to the ``OK`` quotes.
 
@@ -161,8 +179,7 @@ def filter_quotes(quotes: xr.Dataset, settings: FilterSettings | None = None) ->
         for e in np.unique(labels):
             rows = np.flatnonzero((labels == e) & (status == QuoteStatus.OK))
             if rows.size:
-                near = rows[np.argsort(np.abs(k[rows]))[:3]]
-                z = np.abs(k[rows]) / (np.median(mid_iv[near]) * np.sqrt(tau[rows]))
+                z = np.abs(k[rows]) / (near_money_iv(k[rows], mid_iv[rows]) * np.sqrt(tau[rows]))
                 far[rows[z > settings.z_max]] = True
         _apply(_Step("z_max", QuoteStatus.OUT_OF_RANGE, f"z_max={settings.z_max}", far), status, labels, report)
     candidate = (status == QuoteStatus.OK) & np.isfinite(mid_iv) & np.isfinite(bid_iv) & np.isfinite(ask_iv)
