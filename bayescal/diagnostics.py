@@ -142,16 +142,11 @@ def fit_quality(idata: xr.DataTree) -> dict[str, float]:
         no invertible draw keeps its vega-map value).
     """
     const = idata["constant_data"].to_dataset()
-    posterior = idata["posterior"]
     mid = idata["observed_data"]["iv_obs"].to_numpy()
-    vega_map_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
-    extra: dict[str, float] = {}
-    if "norm_price_model" in posterior.data_vars:
-        model_mean, failures, n_draws = _exact_iv_mean(posterior["norm_price_model"], const, vega_map_mean)
-        extra = {"rmse_vega_map_vol_points": float(100 * np.sqrt(np.mean((vega_map_mean - mid) ** 2))),
-                 "exact_iv_draws": n_draws, "exact_iv_failures": failures}
-    else:
-        model_mean = vega_map_mean
+    model_mean, extra = model_iv_mean(idata)
+    if "exact_iv_draws" in extra:
+        vega_map_mean = idata["posterior"]["iv_model"].mean(("chain", "draw")).to_numpy()
+        extra = {"rmse_vega_map_vol_points": float(100 * np.sqrt(np.mean((vega_map_mean - mid) ** 2))), **extra}
     err = model_mean - mid
     pp = idata["posterior_predictive"]["iv_obs"]
     lo = pp.quantile(0.03, dim=("chain", "draw")).to_numpy()
@@ -164,6 +159,24 @@ def fit_quality(idata: xr.DataTree) -> dict[str, float]:
         "n_quotes": int(mid.size),
         **extra,
     }
+
+
+def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, int]]:
+    """Posterior-mean model IV per quote, shape (n_quote,).
+
+    IV models: the mean of ``iv_model``. Price models (posterior holds ``norm_price_model``): the
+    mean over up to :data:`EXACT_IV_DRAWS` evenly thinned draws of the exact Black-76 implied vol of
+    the model price (:func:`bayescal.market.implied_vol_black76`); the second value then gives
+    ``exact_iv_draws`` and ``exact_iv_failures`` (draw-quote pairs without an implied vol, left out
+    of that quote's mean; a quote with none keeps its vega-map value), else it is empty.
+    """
+    posterior = idata["posterior"]
+    vega_map_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
+    if "norm_price_model" not in posterior.data_vars:
+        return vega_map_mean, {}
+    const = idata["constant_data"].to_dataset()
+    mean, failures, n_draws = _exact_iv_mean(posterior["norm_price_model"], const, vega_map_mean)
+    return mean, {"exact_iv_draws": n_draws, "exact_iv_failures": failures}
 
 
 def _exact_iv_mean(norm_price: xr.DataArray, const: xr.Dataset,

@@ -28,6 +28,7 @@ from jinja2 import Environment, PackageLoader, Undefined, select_autoescape  # n
 
 from bayescal.atomic import write_bytes_atomic  # noqa: E402
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM  # noqa: E402
+from bayescal.diagnostics import model_iv_mean  # noqa: E402
 from bayescal.greeks import atm_greeks_table  # noqa: E402
 from bayescal.market.filters import filter_report, status_counts  # noqa: E402
 from bayescal.pricing_models import get_pricing_model  # noqa: E402
@@ -60,7 +61,7 @@ def smile_bands(result: CalibrationResult, n_grid: int = 101) -> list[dict[str, 
     const = result.idata["constant_data"].to_dataset()
     observed = result.idata["observed_data"]["iv_obs"].to_numpy()
     posterior = result.posterior
-    model_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
+    model_mean, _ = model_iv_mean(result.idata)  # exact inversion for price models, as fit_quality
     idx = const["expiry_idx"].to_numpy()
     out = []
     for e, label in enumerate(posterior[EXPIRY_DIM].to_numpy()):
