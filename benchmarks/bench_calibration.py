@@ -130,11 +130,11 @@ def main() -> None:
     print(f"LM (MINPACK + QuantLib AnalyticHestonEngine): {dict(zip(NAMES, np.round(params, 4), strict=True))}, "
           f"{n_eval} residual evaluations")
     header = f"{'method':<22} {'wall s':>8} {'ratio/LM':>8} {'RMSE pt':>8} {'RMSE mean':>9} {'RMSE vega':>9} " \
-             f"{'R-hat':>7} {'ESS':>6} {'div':>4} status"
+             f"{'R-hat':>7} {'ESS':>6} {'ESS/s':>6} {'div':>4} status"
     print(header)
     print("-" * len(header))
     print(f"{'LM (QuantLib pricing)':<22} {t_lm:>8.1f} {1.0:>8.2f} {rmse:>8.3f} {'':>9} {'':>9} {'':>7} {'':>6} "
-          f"{'':>4} point")
+          f"{'':>6} {'':>4} point")
     for method in args.methods.split(","):
         t0 = time.perf_counter()
         result = fit(spec.with_fit(method=method), quotes, progressbar=False)
@@ -150,7 +150,8 @@ def main() -> None:
         conv, quality = result.convergence, result.fit_quality
         print(f"{'bayescal ' + method:<22} {wall:>8.1f} {wall / t_lm:>8.2f} {rmse_point:>8.3f} "
               f"{rmse_exact_mean:>9.3f} {quality['rmse_vega_map_vol_points']:>9.3f} {conv['max_rhat']:>7.4f} "
-              f"{conv['min_ess_bulk']:>6.0f} {conv['divergences']:>4d} {conv['status']}")
+              f"{conv['min_ess_bulk']:>6.0f} {conv['min_ess_bulk'] / wall:>6.1f} {conv['divergences']:>4d} "
+              f"{conv['status']}")
         if method == "nuts":
             print("   posterior medians:", dict(zip(NAMES, np.round(median, 4), strict=True)))
     print("RMSE pt: implied-vol RMSE (vol points) of the point estimate priced by QuantLib (LM optimum, posterior "
