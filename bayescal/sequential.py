@@ -242,7 +242,7 @@ def _warm_start_values(posterior: xr.Dataset) -> dict[str, Any]:
 
 def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, underlying: str | None = None,
               settings: UpdateSettings | None = None, progressbar: bool = False,
-              log=print) -> xr.DataTree:
+              log=print, arbitrage_check: bool = True) -> xr.DataTree:
     """Fit each window in turn, passing posteriors on as priors; resumable.
 
     Parameters
@@ -260,6 +260,8 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
     progressbar : bool
     log : callable
         Receives one line per window.
+    arbitrage_check : bool
+        Passed to :func:`bayescal.inference.fit` (off in coverage studies).
 
     Returns
     -------
@@ -311,11 +313,11 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
             window_spec = window_spec.with_fit(tune=min(spec.fit.tune, settings.warm_tune))
         t0 = time.perf_counter()
         initvals = state.get("next_initvals") if warm else None
-        result = fit(window_spec, quotes, progressbar=progressbar, initvals=initvals)
+        result = fit(window_spec, quotes, progressbar=progressbar, initvals=initvals, arbitrage_check=arbitrage_check)
         conflict = conflict_check(result, prior, settings.conflict_quantile)
         prior_used = "joint (previous posterior)" if prior.joint is not None else "base"
         if conflict["flagged"]:
-            result = fit(spec, quotes, progressbar=progressbar)
+            result = fit(spec, quotes, progressbar=progressbar, arbitrage_check=arbitrage_check)
             prior_used = "base (conflict fallback)"
             warm = False
         seconds = time.perf_counter() - t0

@@ -238,7 +238,8 @@ def track_recovery_run(spec: CalibrationSpec, seed: int, out_dir: str | Path, wi
                                       noise=(sigma_obs, spec.likelihood.spread_weight),
                                       valuation=VALUATION + pd.Timedelta(days=w)))
         path.append({n: float(v) for n, v in values.items()})
-    tree = run_track(chains, spec.with_fit(random_seed=seed), out_dir, settings=settings, log=lambda line: None)
+    tree = run_track(chains, spec.with_fit(random_seed=seed), out_dir, settings=settings, log=lambda line: None,
+                     arbitrage_check=False)
     ds = tree.to_dataset()
     rows, per_window = [], []
     for w in range(windows):
