@@ -205,7 +205,7 @@ def make_task(kind: str, spec: str | Path, *, chain: str | Path = "", files: Ite
 
     base = Path(base)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    settings = {k: float(v) for k, v in (settings or {}).items() if v is not None}
+    settings = {k: (int(v) if k in _INT_KEYS else float(v)) for k, v in (settings or {}).items() if v is not None}
     problems = []
     if kind not in KINDS:
         problems.append(f"kind {kind!r} unknown; valid: {list(KINDS)}")
@@ -275,7 +275,7 @@ def _coerce(key: str, value: Any, where: str, problems: list[str]) -> Any:
         if key in _FLOAT_KEYS:
             return float(value)
     except (TypeError, ValueError):
-        problems.append(f"{where}: {key} = {value!r} is not a number")
+        problems.append(f"{where}: {key} = {value!r} is not {'an integer' if key in _INT_KEYS else 'a number'}")
         return None
     return value
 

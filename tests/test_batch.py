@@ -153,6 +153,12 @@ kind = "track"
 files = ["{rel}"]
 spec = "ssvi"
 drift = 0.05
+
+[[task]]
+kind = "track"
+files = ["{rel}"]
+spec = "ssvi"
+warm_tune = 0
 """)
     tasks = load_manifest(manifest)
     calib = [t for t in tasks if t.kind == "calibrate"]
@@ -160,9 +166,10 @@ drift = 0.05
     assert len(calib) == 28 and {t.spec_name for t in calib} == {"svi", "ssvi"}
     assert {t.chain for t in calib} == {str(f) for f in files}  # relative to the manifest's folder
     assert all(t.underlying == "BTC" and t.overrides == {"draws": 200} for t in tasks)
-    assert len(tracks) == 1  # the [[task]] track is the same task as the [[glob]] track: deduplicated
+    assert len(tracks) == 2  # the first [[task]] track is the same task as the [[glob]] track: deduplicated
     assert tracks[0].files == tuple(str(f) for f in files) and tracks[0].settings == {"drift": 0.05}
-    assert len({t.task_id for t in tasks}) == len(tasks) == 29
+    assert tracks[1].settings == {"warm_tune": 0} and isinstance(tracks[1].settings["warm_tune"], int)  # cold starts
+    assert len({t.task_id for t in tasks}) == len(tasks) == 30
     assert [t.task_id for t in load_manifest(manifest)] == [t.task_id for t in tasks]  # stable
     svi = calib[0]
     other = make_task("calibrate", "svi", chain=svi.chain, underlying="BTC", overrides={"draws": 200, "seed": 7})
@@ -209,6 +216,7 @@ kind = "track"
 files = ["a.csv"]
 spec = "ssvi"
 seed = 1.5
+warm_tune = 2.5
 
 [[task]]
 kind = "track"
@@ -218,7 +226,8 @@ spec = "svi"
     with pytest.raises(ManifestError) as info:
         load_manifest(manifest)
     message = str(info.value)
-    for part in ("no_such_spec", "colour", "nothing_here", "seed = 1.5", "only per-expiry"):
+    for part in ("no_such_spec", "colour", "nothing_here", "seed = 1.5 is not an integer",
+                 "warm_tune = 2.5 is not an integer", "only per-expiry"):
         assert part in message, (part, message)
     with pytest.raises(ManifestError, match="toml or .csv"):
         (tmp_path / "m.json").write_text("{}")
