@@ -169,6 +169,19 @@ def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, int]]:
     the model price (:func:`bayescal.market.implied_vol_black76`); the second value then gives
     ``exact_iv_draws`` and ``exact_iv_failures`` (draw-quote pairs without an implied vol, left out
     of that quote's mean; a quote with none keeps its vega-map value), else it is empty.
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+        A fit's result tree: ``posterior`` (``iv_model``, and ``norm_price_model`` for price models,
+        dims (chain, draw, quote)) and ``constant_data`` (``k``, ``tau`` in years, ``cp``).
+
+    Returns
+    -------
+    iv : numpy.ndarray, shape (n_quote,)
+        Posterior-mean model implied vol per quote (decimal).
+    counts : dict of str to int
+        ``exact_iv_draws`` and ``exact_iv_failures`` for price models; empty for IV models.
     """
     posterior = idata["posterior"]
     vega_map_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
