@@ -265,8 +265,9 @@ def _print_summary(result, paths: dict[str, Path], wall: float) -> None:
     lines += [f"   - {r}" for r in conv["reasons"]]
     lines += [
         f" fit: RMSE {quality['rmse_vol_points']:.3f} vol points (max {quality['max_abs_error_vol_points']:.2f}"
-        + (f"; likelihood's vega map {quality['rmse_vega_map_vol_points']:.3f}" if "rmse_vega_map_vol_points" in quality
-           else "") + "); "
+        + (f"; likelihood's iv_model {quality['rmse_likelihood_iv_vol_points']:.3f}, max deviation from exact "
+           f"inversion {quality['likelihood_iv_max_deviation_vol_points']:.1e}"
+           if "rmse_likelihood_iv_vol_points" in quality else "") + "); "
         f"94% predictive interval overlaps bid-ask on {100 * quality['pp_overlap_share']:.1f}% of quotes",
         f" static arbitrage: {100 * quality['arbitrage_free_share']:.1f}% of posterior draws free of butterfly and "
         f"calendar arbitrage (butterfly {100 * quality['butterfly_free_share']:.1f}%, "

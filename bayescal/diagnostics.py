@@ -127,8 +127,8 @@ def fit_quality(idata: xr.DataTree) -> dict[str, float]:
 
     For price models (Heston, Bates, Merton: the posterior holds ``norm_price_model``), the model IV
     of every quote is the exact Black-76 inversion (:func:`bayescal.market.implied_vol_black76`) of the
-    model price in each of up to :data:`EXACT_IV_DRAWS` evenly thinned draws, averaged; the
-    likelihood's first-order vega map (``iv_model``) is reported beside it.
+    model price in each of up to :data:`EXACT_IV_DRAWS` evenly thinned draws, averaged, independently
+    of how the likelihood linked prices to IVs (``iv_model``: in-graph exact solve or vega map).
 
     Returns
     -------
@@ -136,17 +136,20 @@ def fit_quality(idata: xr.DataTree) -> dict[str, float]:
         ``rmse_vol_points``: RMSE of posterior-mean model IV vs mid IV, in vol points (x100);
         ``max_abs_error_vol_points``; ``pp_overlap_share``: share of quotes whose 94%
         posterior-predictive interval of IV overlaps [bid IV, ask IV]; ``n_quotes``. Price models
-        add ``rmse_vega_map_vol_points`` (the same RMSE through the vega map),
-        ``exact_iv_draws`` and ``exact_iv_failures`` (draw-quote pairs whose price has no implied
-        vol, e.g. an OTM price underflowing to 0; left out of that quote's mean, and a quote with
-        no invertible draw keeps its vega-map value).
+        add ``rmse_likelihood_iv_vol_points`` (the same RMSE on the likelihood's ``iv_model``),
+        ``likelihood_iv_max_deviation_vol_points`` (largest ``|iv_model - exact IV|`` over the
+        thinned draws and quotes: rounding level for the exact link, the linearisation error for
+        the vega map), ``exact_iv_draws`` and ``exact_iv_failures`` (draw-quote pairs whose price has
+        no implied vol, e.g. an OTM price underflowing to 0; left out of that quote's mean and of the
+        deviation, and a quote with no invertible draw keeps its ``iv_model`` mean).
     """
     const = idata["constant_data"].to_dataset()
     mid = idata["observed_data"]["iv_obs"].to_numpy()
     model_mean, extra = model_iv_mean(idata)
     if "exact_iv_draws" in extra:
-        vega_map_mean = idata["posterior"]["iv_model"].mean(("chain", "draw")).to_numpy()
-        extra = {"rmse_vega_map_vol_points": float(100 * np.sqrt(np.mean((vega_map_mean - mid) ** 2))), **extra}
+        likelihood_mean = idata["posterior"]["iv_model"].mean(("chain", "draw")).to_numpy()
+        extra = {"rmse_likelihood_iv_vol_points": float(100 * np.sqrt(np.mean((likelihood_mean - mid) ** 2))),
+                 **extra}
     err = model_mean - mid
     pp = idata["posterior_predictive"]["iv_obs"]
     lo = pp.quantile(0.03, dim=("chain", "draw")).to_numpy()
@@ -161,14 +164,16 @@ def fit_quality(idata: xr.DataTree) -> dict[str, float]:
     }
 
 
-def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, int]]:
+def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, float]]:
     """Posterior-mean model IV per quote, shape (n_quote,).
 
     IV models: the mean of ``iv_model``. Price models (posterior holds ``norm_price_model``): the
     mean over up to :data:`EXACT_IV_DRAWS` evenly thinned draws of the exact Black-76 implied vol of
     the model price (:func:`bayescal.market.implied_vol_black76`); the second value then gives
-    ``exact_iv_draws`` and ``exact_iv_failures`` (draw-quote pairs without an implied vol, left out
-    of that quote's mean; a quote with none keeps its vega-map value), else it is empty.
+    ``exact_iv_draws``, ``exact_iv_failures`` (draw-quote pairs without an implied vol, left out
+    of that quote's mean; a quote with none keeps its ``iv_model`` mean) and
+    ``likelihood_iv_max_deviation_vol_points`` (largest ``|iv_model - exact IV|`` on those draws,
+    vol points), else it is empty.
 
     Parameters
     ----------
@@ -180,30 +185,26 @@ def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, int]]:
     -------
     iv : numpy.ndarray, shape (n_quote,)
         Posterior-mean model implied vol per quote (decimal).
-    counts : dict of str to int
-        ``exact_iv_draws`` and ``exact_iv_failures`` for price models; empty for IV models.
+    checks : dict of str to float
+        The three figures above for price models; empty for IV models.
     """
     posterior = idata["posterior"]
-    vega_map_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
+    likelihood_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
     if "norm_price_model" not in posterior.data_vars:
-        return vega_map_mean, {}
-    const = idata["constant_data"].to_dataset()
-    mean, failures, n_draws = _exact_iv_mean(posterior["norm_price_model"], const, vega_map_mean)
-    return mean, {"exact_iv_draws": n_draws, "exact_iv_failures": failures}
-
-
-def _exact_iv_mean(norm_price: xr.DataArray, const: xr.Dataset,
-                   fallback: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """Per quote, the mean over thinned draws of the exact implied vol of ``price / (D F)``
-    (``fallback`` where no draw's price inverts)."""
+        return likelihood_mean, {}
     from bayescal.market.implied_vol import implied_vol_black76
 
-    prices = norm_price.stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
-    step = max(1, -(-prices.shape[0] // EXACT_IV_DRAWS))
-    prices = prices[::step]
+    def thinned(name: str) -> np.ndarray:
+        draws = posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...).to_numpy()
+        return draws[::max(1, -(-draws.shape[0] // EXACT_IV_DRAWS))]
+
+    prices, iv_model = thinned("norm_price_model"), thinned("iv_model")
+    const = idata["constant_data"].to_dataset()
     k, tau, cp = (const[name].to_numpy() for name in ("k", "tau", "cp"))
     iv, _ = implied_vol_black76(prices, 1.0, np.exp(k), tau, cp)
     ok = np.isfinite(iv)
     counts = ok.sum(axis=0)
-    mean = np.where(counts > 0, np.where(ok, iv, 0.0).sum(axis=0) / np.maximum(counts, 1), fallback)
-    return mean, int((~ok).sum()), int(prices.shape[0])
+    mean = np.where(counts > 0, np.where(ok, iv, 0.0).sum(axis=0) / np.maximum(counts, 1), likelihood_mean)
+    deviation = float(100 * np.max(np.abs(iv_model - iv)[ok], initial=0.0))
+    return mean, {"exact_iv_draws": int(prices.shape[0]), "exact_iv_failures": int((~ok).sum()),
+                  "likelihood_iv_max_deviation_vol_points": deviation}

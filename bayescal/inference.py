@@ -50,11 +50,12 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
     ``constant_data``. Deterministic ``iv_model`` (dims ``quote``) is the model IV and ``iv_obs``
     the observed mid IV, for every model.
 
-    Price-output models (Heston, Bates, Merton) are linked to the IV likelihood by the first-order
-    (vega) map around the mid: ``iv_model = mid_iv + (c_model - c_mid) / vega_mid`` with ``c`` the
-    undiscounted normalised price and ``vega_mid = phi(d1) sqrt(tau)`` at the mid IV. This is the
-    usual vega-weighted price error; it keeps one observable (mid IV) across all models, so their
-    log-likelihoods are comparable (LOO), and needs no implied-vol inversion inside the graph.
+    Price-output models (Heston, Bates, Merton) reach the IV likelihood through
+    :meth:`bayescal.likelihoods.IVLikelihood.model_iv_from_price`: by default the exact Black-76
+    implied vol of the model price, solved in the graph from the first-order (vega) map around the
+    mid, ``mid_iv + (c_model - c_mid) / vega_mid`` (``c`` the undiscounted normalised price,
+    ``vega_mid = phi(d1) sqrt(tau)`` at the mid IV); ``price_to_iv = "vega_map"`` keeps the map
+    itself. Every model thus has one observable (mid IV), so their log-likelihoods are comparable (LOO).
     The model price itself is stored as ``norm_price_model``.
 
     Raises
@@ -85,7 +86,7 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
             out = pm.Deterministic("norm_price_model", out, dims=QUOTE_DIM)
             c_mid = pm.Data("norm_mid", used["norm_mid"].to_numpy(), dims=QUOTE_DIM)
             vega = pm.Data("vega_mid", _black_vega_norm(used["k"].to_numpy(), tau, mid_iv), dims=QUOTE_DIM)
-            out = mid_iv + (out - c_mid) / vega
+            out = spec.likelihood.model_iv_from_price(out, data["k"], data["tau"], data["cp"], c_mid, mid_iv, vega)
         iv_model = pm.Deterministic("iv_model", out, dims=QUOTE_DIM)
         noise = spec.likelihood.noise(spec.prior_set, half_spread, data["expiry_idx"])
         spec.likelihood.observe(iv_model, noise, mid_iv)
@@ -263,12 +264,19 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     if arbitrage_check:
         quality.update(arbitrage_free_share(pricing, posterior, const))
     quality.update(pricing.likelihood_kernel_check(posterior, const))
+    reasons = []
     if quality.get("kernel_max_iv_error_vol_points", 0.0) > KERNEL_IV_TOLERANCE_VOL_POINTS:
-        reason = (f"likelihood kernel differs from the exact kernel by up to "
-                  f"{quality['kernel_max_iv_error_vol_points']:.3g} vol points on posterior draws "
-                  f"(tolerance {KERNEL_IV_TOLERANCE_VOL_POINTS}); raise model_settings.n_nodes")
+        reasons.append(f"likelihood kernel differs from the exact kernel by up to "
+                       f"{quality['kernel_max_iv_error_vol_points']:.3g} vol points on posterior draws "
+                       f"(tolerance {KERNEL_IV_TOLERANCE_VOL_POINTS}); raise model_settings.n_nodes")
+    if (spec.likelihood.price_to_iv == "exact"
+            and quality.get("likelihood_iv_max_deviation_vol_points", 0.0) > KERNEL_IV_TOLERANCE_VOL_POINTS):
+        reasons.append(f"in-graph implied vols differ from the exact inversion of the model prices by up to "
+                       f"{quality['likelihood_iv_max_deviation_vol_points']:.3g} vol points "
+                       f"(tolerance {KERNEL_IV_TOLERANCE_VOL_POINTS})")
+    if reasons:
         gate = dataclasses.replace(gate, status="warn" if gate.status == "ok" else gate.status,
-                                   reasons=[*gate.reasons, reason])
+                                   reasons=[*gate.reasons, *reasons])
     timings = {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0}
     return CalibrationResult.from_fit(idata, spec, filtered, gate, quality, timings)
 

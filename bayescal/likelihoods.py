@@ -17,6 +17,9 @@ from bayescal.priors import PriorSet
 
 LIKELIHOODS: dict[str, type[IVLikelihood]] = {}
 
+#: How price-model outputs become model IVs (see :meth:`IVLikelihood.model_iv_from_price`).
+PRICE_TO_IV = ("exact", "vega_map")
+
 #: standard deviation of a uniform distribution on [bid, ask] in units of the half-spread
 UNIFORM_SD_PER_HALF_SPREAD = 1.0 / 3.0**0.5
 
@@ -31,15 +34,24 @@ class IVLikelihood:
     default ``spread_weight = 1/sqrt(3)`` a quote's spread term is the standard deviation of a
     uniform belief on [bid IV, ask IV], so wide far-wing markets weigh less than tight ATM ones.
 
+    Price-output models (Heston, Bates, Merton) reach the IV observable through
+    :meth:`model_iv_from_price`, by default the exact Black-76 implied vol of the model price.
+
     Attributes
     ----------
     spread_weight : float
         Multiplier of the half-spread in the noise scale (>= 0).
+    price_to_iv : {"exact", "vega_map"}
+        How a price model's output becomes a model IV: ``"exact"`` (default) inverts the model price
+        in the graph (:func:`bayescal.kernels.black76_norm_implied_vol`); ``"vega_map"`` uses the
+        first-order map around the mid, ``mid_iv + (c_model - c_mid) / vega_mid`` (cheaper, but it
+        understates errors where the model is far from the quote, e.g. short-dated wings).
     """
 
     lookup_name: ClassVar[str] = "normal_iv"
     noise_parameters: ClassVar[tuple[str, ...]] = ("sigma_obs",)
     spread_weight: float = UNIFORM_SD_PER_HALF_SPREAD
+    price_to_iv: str = "exact"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -53,6 +65,26 @@ class IVLikelihood:
 
         sigma_obs = with_dims(priors.priors["sigma_obs"], (EXPIRY_DIM,)).create_variable("sigma_obs")
         return pt.sqrt(sigma_obs[expiry_idx] ** 2 + (self.spread_weight * half_spread_iv) ** 2)
+
+    def model_iv_from_price(self, c_model: pt.TensorVariable, k: pt.TensorVariable, tau: pt.TensorVariable,
+                            cp: pt.TensorVariable, c_mid: pt.TensorVariable, mid_iv: pt.TensorVariable,
+                            vega_mid: pt.TensorVariable) -> pt.TensorVariable:
+        """Model IV per quote from a model price ``c_model = C / (D F)`` (shape (n_quote,)).
+
+        ``vega_map``: ``mid_iv + (c_model - c_mid) / vega_mid`` (``vega_mid = phi(d1) sqrt(tau)`` at the
+        mid IV, the vega of ``c`` per unit vol). ``exact``: :func:`bayescal.kernels.black76_norm_implied_vol`
+        started from that value; its gradient is the implicit-function derivative ``1 / vega`` at
+        the model IV (Black 1976; Jaeckel 2015). A model price without a meaningful implied vol
+        (time value below 1e-12 of ``sqrt(F K)``, e.g. slightly negative from a Fourier kernel's
+        rounding) continues linearly from the boundary vol with slope ``1 / vega_mid``, like the
+        vega map.
+        """
+        from bayescal.kernels.black import black76_norm_implied_vol
+
+        vega_map = mid_iv + (c_model - c_mid) / vega_mid
+        if self.price_to_iv == "vega_map":
+            return vega_map
+        return black76_norm_implied_vol(c_model, k, tau, cp, vega_map, continuation_vega=vega_mid)
 
     def observe(self, iv_model: pt.TensorVariable, noise: pt.TensorVariable, mid_iv: pt.TensorVariable) -> None:
         """Add the observed variable ``iv_obs`` (dims ``quote``) to the current model."""
@@ -90,6 +122,11 @@ def make_likelihood(settings: dict[str, Any]) -> IVLikelihood:
     if unknown:
         raise SpecError(f"likelihood {kind!r}: unknown setting(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
     lik = cls(**settings)
-    if lik.spread_weight < 0:
-        raise SpecError(f"likelihood {kind!r}: spread_weight must be >= 0 (got {lik.spread_weight})")
+    problems = []
+    if not lik.spread_weight >= 0:
+        problems.append(f"spread_weight must be >= 0 (got {lik.spread_weight!r})")
+    if lik.price_to_iv not in PRICE_TO_IV:
+        problems.append(f"price_to_iv must be one of {list(PRICE_TO_IV)} (got {lik.price_to_iv!r})")
+    if problems:
+        raise SpecError(f"likelihood {kind!r}: " + "; ".join(problems))
     return lik

@@ -169,7 +169,7 @@ def test_prior_predictive_cli_covers_the_chain(tmp_path, capsys):
 
 
 def test_fit_quality_of_price_models_inverts_model_prices_exactly():
-    """Price models report the RMSE of exactly inverted model IVs (mean over draws), not the vega map's."""
+    """Price models report the RMSE of exactly inverted model IVs (mean over draws), whatever the likelihood's link."""
     from bayescal.diagnostics import fit_quality
     from bayescal.market.quotes import prices_from_iv
 
@@ -194,5 +194,8 @@ def test_fit_quality_of_price_models_inverts_model_prices_exactly():
     expected_mean = iv_draws.reshape(100, -1).mean(axis=0)
     expected_mean[0] = iv_draws.reshape(100, -1)[1:, 0].mean()
     assert quality["rmse_vol_points"] == pytest.approx(100 * np.sqrt(np.mean((expected_mean - mid) ** 2)), rel=1e-9)
-    assert quality["rmse_vega_map_vol_points"] == pytest.approx(100 * np.sqrt(np.mean((0.7 - mid) ** 2)))
+    assert quality["rmse_likelihood_iv_vol_points"] == pytest.approx(100 * np.sqrt(np.mean((0.7 - mid) ** 2)))
     assert quality["exact_iv_failures"] == 1 and quality["exact_iv_draws"] == 100
+    deviation = np.abs(0.7 - iv_draws.reshape(100, -1))
+    deviation[0, 0] = 0.0  # the failed draw is left out
+    assert quality["likelihood_iv_max_deviation_vol_points"] == pytest.approx(100 * deviation.max(), rel=1e-9)

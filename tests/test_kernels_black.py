@@ -294,3 +294,108 @@ def test_broadcasting():
     p = black76_price(100.0, np.array([[90.0], [110.0]]), np.array([0.5, 1.0, 2.0]), 0.3, 1).eval(mode=FAST)
     assert p.shape == (2, 3)
     assert np.all(np.isfinite(p))
+
+
+# --- differentiable implied vol (likelihood link of price models) -------------------------------------------
+
+
+def _iv_cases(n: int, seed: int):
+    """Random well-conditioned quotes: |k| <= 2, 1 day to 10 years, vols 1%-500%, normalised time value
+    between 1e-11 and 1e-11 below its bound (the solve's range is 1e-12)."""
+    from bayescal.market.implied_vol import black76_price as np_black76_price
+
+    rng = np.random.default_rng(seed)
+    k = rng.uniform(-2.0, 2.0, n)
+    tau = np.exp(rng.uniform(np.log(1 / 365), np.log(10.0), n))
+    iv = np.exp(rng.uniform(np.log(0.01), np.log(5.0), n))
+    cp = rng.choice([-1.0, 1.0], n)
+    c = np_black76_price(1.0, np.exp(k), tau, iv, cp)
+    intrinsic = np.maximum(cp * (1 - np.exp(k)), 0.0)
+    b_max = np.exp(-np.abs(k) / 2)
+    beta = (c - intrinsic) / np.exp(k / 2)
+    # conditioning: the price must carry the vol (time value not lost to rounding against c or the bound)
+    keep = (beta > 1e-11) & ((c - intrinsic) > 1e-6 * c) & ((b_max - beta) > 1e-6 * b_max)
+    return k[keep], tau[keep], iv[keep], cp[keep], c[keep]
+
+
+@pytest.fixture(scope="module", params=["NUMBA", "FAST_COMPILE"])
+def implied_vol_fn(request):
+    """Compiled (iv, d iv / d c) of black76_norm_implied_vol, in the numba backend and the Python one."""
+    from bayescal.kernels import black76_norm_implied_vol
+
+    c, k, tau, cp, start = (pt.dvector(n) for n in ("c", "k", "tau", "cp", "start"))
+    iv = black76_norm_implied_vol(c, k, tau, cp, start)
+    return pytensor.function([c, k, tau, cp, start], [iv, pytensor.grad(iv.sum(), c)], mode=request.param)
+
+
+@pytest.mark.parametrize("start_factor", [1.0, 1 / 3, 0.5, 2.0, 3.0, np.nan])
+def test_implied_vol_round_trip(implied_vol_fn, start_factor):
+    """Inverting Black prices returns the vol to 1e-9 relative from starts off by up to a factor 3 (or none)."""
+    k, tau, iv, cp, c = _iv_cases(20_000, seed=11)
+    out, _ = implied_vol_fn(c, k, tau, cp, iv * start_factor)
+    assert k.size > 8_000
+    assert np.max(np.abs(out / iv - 1.0)) < 1e-9
+
+
+def test_implied_vol_gradient_is_inverse_vega(implied_vol_fn):
+    """d iv / d c = 1 / vega (implicit function theorem), and it matches central differences of the value."""
+    k, tau, iv, cp, c = _iv_cases(2_000, seed=12)
+    keep = iv < 2.0
+    k, tau, iv, cp, c = k[keep], tau[keep], iv[keep], cp[keep], c[keep]
+    value, grad = implied_vol_fn(c, k, tau, cp, iv)
+    s = iv * np.sqrt(tau)
+    vega = np.exp(-0.5 * (-k / s + 0.5 * s) ** 2) / np.sqrt(2 * np.pi) * np.sqrt(tau)
+    np.testing.assert_allclose(grad, 1.0 / vega, rtol=1e-9)
+    well = (vega > 0.05) & (c > 1e-3)
+    h = 1e-6 * c[well]
+    up, _ = implied_vol_fn(c[well] + h, k[well], tau[well], cp[well], iv[well])
+    down, _ = implied_vol_fn(c[well] - h, k[well], tau[well], cp[well], iv[well])
+    np.testing.assert_allclose((up - down) / (2 * h), grad[well], rtol=1e-5)
+
+
+def test_implied_vol_beyond_bounds_is_finite_continuous_and_increasing(implied_vol_fn):
+    """Prices below intrinsic / above the bound continue linearly from the bound's vol; no NaN anywhere."""
+    from bayescal.kernels.black import IV_SOLVE_MAX, IV_SOLVE_MIN
+
+    k = np.full(7, 0.01)  # |k| / 37 < iv_min sqrt(tau): the vol bound is iv_min itself
+    tau = np.full(7, 0.25)
+    cp = np.array([1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0])
+    lower = float(black76_norm_price(0.01, IV_SOLVE_MIN**2 * 0.25, 1.0).eval())
+    upper = float(black76_norm_price(0.01, IV_SOLVE_MAX**2 * 0.25, 1.0).eval())
+    # OTM call at and below its lower bound price, below zero; ITM put below intrinsic; call above its bound
+    c = np.array([lower, 0.5 * lower, -1e-3, np.expm1(0.01) - 1e-4, np.expm1(0.01) - 2e-4, upper, 1.0 + 1e-3])
+    out, grad = implied_vol_fn(c, k, tau, cp, np.full(7, 0.5))
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(grad)) and np.all(grad > 0)
+    assert out[0] == pytest.approx(IV_SOLVE_MIN, rel=1e-9)
+    assert out[1] < out[0] and out[2] < out[1]
+    assert out[4] < out[3] < IV_SOLVE_MIN
+    assert out[5] == pytest.approx(IV_SOLVE_MAX, rel=1e-9) and out[6] > out[5]
+    # the continuation is the first-order map from the bound: iv_min + (c - c_B(iv_min)) / vega(iv_min)
+    assert out[1] == pytest.approx(IV_SOLVE_MIN + (c[1] - lower) * grad[0], rel=1e-9)
+
+
+def test_implied_vol_rejects_bad_constants():
+    from bayescal.kernels import black76_norm_implied_vol
+
+    with pytest.raises(ValueError, match="iv_min"):
+        black76_norm_implied_vol(0.1, 0.0, 1.0, 1.0, 0.5, iv_min=1.0, iv_max=0.5)
+    with pytest.raises(ValueError, match="tau"):
+        black76_norm_implied_vol(0.1, 0.0, 0.0, 1.0, 0.5)
+    with pytest.raises(ValueError, match="cp"):
+        black76_norm_implied_vol(0.1, 0.0, 1.0, 0.0, 0.5)
+
+
+def test_implied_vol_continuation_vega_sets_the_slope_beyond_the_bounds():
+    """With continuation_vega, a price without a meaningful implied vol (negative, or a time value below
+    1e-12) continues from the boundary vol with slope 1 / continuation_vega; inside, the vol is exact."""
+    from bayescal.kernels import black76_norm_implied_vol
+
+    c = pt.dvector("c")
+    iv = black76_norm_implied_vol(c, 0.3, 0.05, 1.0, 0.6, continuation_vega=0.02)
+    f = pytensor.function([c], [iv, pytensor.grad(iv.sum(), c)], mode="NUMBA")
+    inside = float(black76_norm_price(0.3, 0.6**2 * 0.05, 1.0).eval())
+    out, grad = f(np.array([-2e-6, -1e-6, 1e-14, inside]))
+    assert out[1] - out[0] == pytest.approx(1e-6 / 0.02, rel=1e-6)
+    np.testing.assert_allclose(grad[:3], 50.0)
+    assert out[0] < out[1] < out[2] < out[3]
+    assert out[3] == pytest.approx(0.6, rel=1e-12)

@@ -84,3 +84,15 @@ def test_prior_without_rationale_or_bad_distribution(tmp_path: Path):
         load_prior_set(priors)
     assert "priors.vmin: missing one-line rationale" in str(info.value)
     assert "priors.m_scaled" in str(info.value)
+
+
+def test_likelihood_settings_are_validated_together():
+    from bayescal.likelihoods import make_likelihood
+
+    with pytest.raises(SpecError) as info:
+        make_likelihood({"kind": "normal_iv", "spread_weight": -1.0, "price_to_iv": "newton"})
+    message = str(info.value)
+    assert "spread_weight must be >= 0 (got -1.0)" in message
+    assert "price_to_iv must be one of ['exact', 'vega_map'] (got 'newton')" in message
+    assert make_likelihood({"kind": "student_t_iv", "price_to_iv": "vega_map"}).price_to_iv == "vega_map"
+    assert make_likelihood({}).price_to_iv == "exact"

@@ -73,7 +73,7 @@ def test_btc_snapshot_fit_meets_the_gate(btc_fits, model: str):
     assert quality["rmse_vol_points"] < {"svi": 0.6, "ssvi": 2.0, "heston": 2.3, "bates": 1.8}[model]
     if model in ("heston", "bates"):
         assert quality["exact_iv_failures"] == 0
-        assert quality["rmse_vega_map_vol_points"] < quality["rmse_vol_points"]  # the map understates the misfit
+        assert quality["likelihood_iv_max_deviation_vol_points"] < 1e-6  # the in-graph IVs are the exact ones
     if model in ("heston", "bates"):
         assert quality["kernel_max_iv_error_vol_points"] < 0.01
         assert quality["arbitrage_free_share"] == 1.0  # arbitrage-free models: a failure here is a bug in the check
@@ -127,4 +127,5 @@ def test_spx_2011_heston_fit(shared_data):
     assert quality["n_quotes"] == 698
     assert quality["rmse_vol_points"] < 2.0
     assert quality["exact_iv_failures"] == 0
+    assert quality["likelihood_iv_max_deviation_vol_points"] < 1e-6
     assert quality["kernel_max_iv_error_vol_points"] < 0.01

@@ -7,7 +7,8 @@ PyTensor graphs, differentiable with :func:`pytensor.grad`. The SVI-JW conversio
 Modules
 -------
 :mod:`bayescal.kernels.black`
-    Black-76 normalised price ``c(k, w, cp)`` and quote-currency price (greeks by autodiff).
+    Black-76 normalised price ``c(k, w, cp)``, quote-currency price (greeks by autodiff) and the
+    differentiable implied vol of a normalised price (likelihoods of price models).
 :mod:`bayescal.kernels.svi`
     Raw SVI, SSVI, the butterfly density function ``g`` and SVI-JW conversions.
 :mod:`bayescal.kernels.ssvi_conditions`
@@ -23,7 +24,7 @@ Modules
 """
 
 from bayescal.kernels.bates import bates_log_cf, bates_log_mgf, bates_norm_price, bates_price
-from bayescal.kernels.black import black76_norm_price, black76_price, norm_cdf
+from bayescal.kernels.black import black76_norm_implied_vol, black76_norm_price, black76_price, norm_cdf
 from bayescal.kernels.heston import heston_greeks, heston_log_cf, heston_log_mgf, heston_norm_price, heston_price
 from bayescal.kernels.merton import (
     MERTON_DEFAULT_N_TERMS,
@@ -69,6 +70,7 @@ __all__ = [
     "bates_log_mgf",
     "bates_norm_price",
     "bates_price",
+    "black76_norm_implied_vol",
     "heston_greeks",
     "heston_log_cf",
     "heston_log_mgf",

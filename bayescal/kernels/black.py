@@ -23,6 +23,8 @@ References
    3(1-2):167-179, the Black-76 formula for options on a forward/futures price.
 .. [J15] P. Jaeckel (2015), "Let's be rational", Wilmott 2015(75):40-53, section 2 (normalised
    Black function, put-call symmetry; out-of-the-money evaluation plus intrinsic value).
+.. [H70] A.S. Householder (1970), "The numerical treatment of a single nonlinear equation",
+   McGraw-Hill (Halley's method, the second-order Householder iteration).
 .. [BSM] R.C. Merton (1973), "Theory of rational option pricing", Bell Journal of Economics and
    Management Science 4(1):141-183 (continuous dividend yield: F = S exp((r - q) tau)).
 """
@@ -33,7 +35,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-__all__ = ["black76_norm_price", "black76_price", "norm_cdf"]
+__all__ = ["black76_norm_implied_vol", "black76_norm_price", "black76_price", "norm_cdf"]
 
 _SQRT1_2 = float(np.sqrt(0.5))
 #: Total variances in ``[0, _W_FLOOR)`` are raised to this value (smallest positive normal double).
@@ -193,3 +195,86 @@ def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
     k = pt.log(strike) - pt.log(forward)
     w = pt.square(iv) * tau
     return discount_factor * forward * black76_norm_price(k, w, cp)
+
+
+#: Default vol bounds (annualised decimal) of :func:`black76_norm_implied_vol`.
+IV_SOLVE_MIN = 0.005
+IV_SOLVE_MAX = 10.0
+
+
+def black76_norm_implied_vol(c, k, tau, cp, iv_start, *, continuation_vega=None, iv_min=IV_SOLVE_MIN,
+                             iv_max=IV_SOLVE_MAX):
+    """Black-76 implied vol of a normalised price ``c = C / (D F)`` as a differentiable graph.
+
+    The inverse of :func:`black76_norm_price` in its first argument, for use inside a likelihood
+    (model prices -> model implied vols). The value comes from a compiled per-quote solve
+    (:class:`bayescal.kernels._iv_solve.ImpliedVolSolve`, numba; Halley steps in ``ln s`` on the
+    out-of-the-money premium, [J15]_ section 2, each quote iterated to convergence inside a
+    bracket), which carries no gradient; the graph adds the implicit-function derivative
+    ``d iv / d c = 1 / vega``:
+
+        ``iv = iv* + (c - c_B(iv*)) / vega(iv*)``,   ``iv*``, ``c_B(iv*)``, ``vega(iv*)`` held constant,
+
+    with ``c_B`` the Black price and ``vega = dc_B / d iv``. At the converged ``iv*`` the
+    correction is at rounding level, so value and gradient are the exact implied vol and its
+    derivative, consistent with each other.
+
+    Bounds: the normalised OTM premium ``beta = time value / sqrt(F K)`` is inverted between 1e-12
+    and 1e-12 below its upper bound ``e^(-|k|/2)`` (:data:`bayescal.kernels._iv_solve.B_FLOOR`;
+    pricing kernels are accurate to about 1e-10 of the forward, so smaller premiums carry no
+    information), and ``s = iv sqrt(tau)`` is kept in ``[max(iv_min sqrt(tau), |k|/37),
+    iv_max sqrt(tau)]``. A price beyond them (including one below intrinsic value, as a Fourier
+    kernel's rounding can give deep out of the money) gets the boundary's vol plus a linear
+    continuation ``(c - c_B) / v`` with ``v = continuation_vega`` (default: the vega at the
+    boundary, which can be tiny and make the continuation very steep): finite, continuous and
+    increasing in ``c``, never NaN for a finite price, with the matching gradient.
+
+    Shapes broadcast elementwise (numpy rules).
+
+    Parameters
+    ----------
+    c : array_like or TensorVariable
+        Undiscounted price in units of the forward (any real value; see Bounds).
+    k : array_like or TensorVariable
+        Log-moneyness ``ln(K / F)``.
+    tau : array_like or TensorVariable
+        Time to expiry in years, ``> 0``.
+    cp : array_like or TensorVariable
+        +1 (call) or -1 (put).
+    iv_start : array_like or TensorVariable
+        Starting vol per quote (annualised decimal), e.g. the first-order estimate from the market
+        mid; clipped to the bounds (non-positive or NaN: the middle of the bracket). No gradient.
+    continuation_vega : array_like or TensorVariable, optional
+        Positive slope ``dc / d iv`` of the continuation beyond the bounds (e.g. the vega at the
+        market mid); default the vega at the boundary. No gradient.
+    iv_min, iv_max : float
+        Vol bounds of the solve (annualised decimal), ``0 < iv_min < iv_max``.
+
+    Returns
+    -------
+    TensorVariable
+        Implied vol (annualised decimal), broadcast shape of the inputs.
+
+    Raises
+    ------
+    ValueError
+        If the bounds are not ``0 < iv_min < iv_max``, or a non-symbolic ``cp`` is not +-1 or
+        ``tau`` not positive.
+
+    References
+    ----------
+    [B76]_ (price), [J15]_ (normalised OTM form, per-branch objectives), [H70]_ (Halley's method).
+    """
+    from pytensor.gradient import disconnected_grad
+
+    from bayescal.kernels._iv_solve import ImpliedVolSolve
+
+    if not 0.0 < iv_min < iv_max:
+        raise ValueError(f"need 0 < iv_min < iv_max; got iv_min={iv_min!r}, iv_max={iv_max!r}")
+    _check_constant("cp", cp, lambda a: np.abs(a) == 1.0, "+1 (call) or -1 (put)")
+    _check_constant("tau", tau, lambda a: a > 0.0, "> 0")
+    c, k, tau, cp, iv_start = pt.broadcast_arrays(*(pt.as_tensor_variable(v) for v in (c, k, tau, cp, iv_start)))
+    iv, price, vega, beyond = ImpliedVolSolve(iv_min, iv_max)(disconnected_grad(c), k, tau, cp, iv_start)
+    if continuation_vega is not None:
+        vega = pt.switch(pt.gt(beyond, 0.0), disconnected_grad(pt.as_tensor_variable(continuation_vega)), vega)
+    return iv + (c - price) / vega
