@@ -200,11 +200,12 @@ class PricingModel(ABC):
         out = self.kernel(k[None, :], tau, cp[None, :], **params)
         return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore")
 
-    def implied_vol_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float) -> np.ndarray:
+    def implied_vol_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float,
+                            max_draws: int = GRID_MAX_DRAWS) -> np.ndarray:
         """Model IV of posterior draws on a log-moneyness grid, shape (n_draws_used, n_k).
 
-        IV-output models use every draw; price-output models use at most :data:`GRID_MAX_DRAWS`
-        evenly thinned draws and invert prices with :func:`bayescal.market.implied_vol_black76`
+        IV-output models use every draw; price-output models use at most ``max_draws`` (default
+        :data:`GRID_MAX_DRAWS`) evenly thinned draws and invert prices with :func:`bayescal.market.implied_vol_black76`
         (out-of-the-money side; grid points whose price has no IV are NaN).
         """
         draws = {}
@@ -214,8 +215,8 @@ class PricingModel(ABC):
                 var = var.isel({EXPIRY_DIM: expiry})
             draws[n] = var.to_numpy().reshape(-1, 1)
         n_draws = next(iter(draws.values())).shape[0]
-        if self.output == "norm_price" and n_draws > GRID_MAX_DRAWS:
-            keep = np.linspace(0, n_draws - 1, GRID_MAX_DRAWS).round().astype(int)
+        if self.output == "norm_price" and n_draws > max_draws:
+            keep = np.linspace(0, n_draws - 1, max_draws).round().astype(int)
             draws = {n: v[keep] for n, v in draws.items()}
         k = np.asarray(k, float)
         cp = np.where(k >= 0, 1.0, -1.0)
