@@ -19,8 +19,10 @@ over a clock ``s = c t`` the model is again Heston with ``(v0, kappa, theta, xi)
 
 Printed per method: wall time (bayescal: including model compilation), the implied-vol RMSE in vol
 points of the point estimate (LM optimum; posterior median of each parameter for bayescal) priced
-with the same QuantLib function, the RMSE of the posterior-mean exact IV, the RMSE bayescal reports
-(through the likelihood's vega map), convergence, and the ratio of each wall time to the LM time.
+with the same QuantLib function, the RMSE of the posterior-mean exact IV, the RMSE of the likelihood's
+own model IV, convergence, and the ratio of each wall time to the LM time. After the NUTS fit, the
+cost of one log-density + gradient evaluation at the posterior mean is printed for both links of
+model prices to IVs (``price_to_iv = "exact"`` and ``"vega_map"``).
 The LM fit minimises exactly the unweighted IV RMSE; bayescal's likelihood weighs quotes by their
 bid-ask spread and a per-expiry noise floor, so it trades RMSE on wide-spread quotes for the rest.
 """
@@ -110,6 +112,32 @@ def lm_fit(pricer: QuantLibHeston, mid: np.ndarray, starts: int, seed: int = 0):
     return to_params(best.x), rmse, seconds, n_eval
 
 
+def gradient_seconds(spec, used, posterior, link: str, repeats: int = 5, n: int = 1000) -> float:
+    """Seconds per log-density + gradient evaluation (numba, as nutpie) at the posterior mean; min of repeats."""
+    import dataclasses
+
+    from bayescal.inference import build_model
+
+    spec = dataclasses.replace(spec, likelihood=dataclasses.replace(spec.likelihood, price_to_iv=link))
+    model = build_model(spec, used)
+    values = []
+    for rv in model.free_RVs:  # the same order as model.value_vars
+        mean = posterior[rv.name].mean(("chain", "draw")).to_numpy()
+        transform = model.rvs_to_transforms[rv]
+        values.append(np.ravel(transform.forward(mean, *rv.owner.inputs).eval() if transform else mean))
+    f = model.logp_dlogp_function(ravel_inputs=True, mode="NUMBA")
+    f.set_extra_values({})
+    x = np.concatenate(values)
+    f(x)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f(x)
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("chain", nargs="?", type=Path, default=DEFAULT_CHAIN)
@@ -154,6 +182,9 @@ def main() -> None:
               f"{conv['status']}")
         if method == "nuts":
             print("   posterior medians:", dict(zip(NAMES, np.round(median, 4), strict=True)))
+            for link in ("exact", "vega_map"):
+                print(f"   log-density + gradient at the posterior mean, price_to_iv={link!r}: "
+                      f"{1e6 * gradient_seconds(spec, used, post, link):.0f} us")
     print("RMSE pt: implied-vol RMSE (vol points) of the point estimate priced by QuantLib (LM optimum, posterior "
           f"medians); RMSE mean: posterior mean of the exact model IV over {EXACT_IV_DRAWS} draws (QuantLib); "
           "(bayescal's reported rmse_vol_points is the same figure from its own kernel); RMSE lik: posterior-mean "
