@@ -318,9 +318,9 @@ def _iv_cases(n: int, seed: int):
     return k[keep], tau[keep], iv[keep], cp[keep], c[keep]
 
 
-@pytest.fixture(scope="module", params=["NUMBA", "FAST_COMPILE"])
+@pytest.fixture(scope="module", params=["NUMBA", "CVM", "FAST_COMPILE"])
 def implied_vol_fn(request):
-    """Compiled (iv, d iv / d c) of black76_norm_implied_vol, in the numba backend and the Python one."""
+    """Compiled (iv, d iv / d c) of black76_norm_implied_vol: numba backend, C backend, Python."""
     from bayescal.kernels import black76_norm_implied_vol
 
     c, k, tau, cp, start = (pt.dvector(n) for n in ("c", "k", "tau", "cp", "start"))

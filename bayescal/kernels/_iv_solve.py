@@ -24,7 +24,9 @@ References
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -46,9 +48,9 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 #: order ``step**2`` (relative, about 1e-14 or less).
 _U_TOL = 1e-7
 _MAX_ITER = 100
-#: Salt of PyTensor's numba cache key for the Op (the key covers only the Op class and its props):
-#: raise it whenever the compiled wrapper or the solver changes.
-_NUMBA_CACHE_VERSION = 2
+#: Salt of PyTensor's numba cache key for the Op (the key covers only the Op class and its props, and
+#: a cached caller does not see changes of the numba functions it calls): a hash of this file.
+_NUMBA_CACHE_VERSION = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:15], 16)
 
 
 @numba.njit(cache=True, fastmath=False)
@@ -94,7 +96,9 @@ def _solve_one(c: float, k: float, tau: float, cp: float, iv_start: float,
     u = math.log(iv_start * root_tau) if iv_start > 0.0 and iv_start < math.inf else 0.5 * (lo + hi)
     u = min(max(u, lo), hi)
     b = vega = 0.0
+    u_eval = u
     for _ in range(_MAX_ITER):
+        u_eval = u
         s = math.exp(u)
         b, comp, vega, curv = _otm_black(x, s, upper)
         if upper:
@@ -125,7 +129,7 @@ def _solve_one(c: float, k: float, tau: float, cp: float, iv_start: float,
         elif u_new >= hi:
             u_new = u_max if hi == u_max and u != u_max else 0.5 * (lo + hi)
         u = u_new
-    return math.exp(u) / root_tau, b * half_k + intrinsic, vega * half_k * root_tau, beyond
+    return math.exp(u_eval) / root_tau, b * half_k + intrinsic, vega * half_k * root_tau, beyond
 
 
 @numba.njit(cache=True, fastmath=False)
