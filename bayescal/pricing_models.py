@@ -395,7 +395,8 @@ class MertonSurface(PricingModel):
     (:func:`bayescal.kernels.merton.merton_norm_price`, 64 terms: tail mass < 1e-12 while
     ``jump_intensity * tau <= 22.68``). Parameters: diffusion ``volatility``, ``jump_intensity``
     (per year), ``jump_log_mean`` and ``jump_log_stdev`` of the log jump size; the drift is
-    compensated. Linked to the IV likelihood by the vega map of :func:`bayescal.inference.build_model`.
+    compensated. Linked to the IV likelihood through the exact implied vol of the model price
+    (:meth:`bayescal.likelihoods.IVLikelihood.model_iv_from_price`).
     """
 
     lookup_name = "merton"
