@@ -145,9 +145,8 @@ def fit_quality(idata: xr.DataTree) -> dict[str, float]:
     """
     const = idata["constant_data"].to_dataset()
     mid = idata["observed_data"]["iv_obs"].to_numpy()
-    model_mean, extra = model_iv_mean(idata)
+    model_mean, likelihood_mean, extra = _model_and_likelihood_iv_mean(idata)
     if "exact_iv_draws" in extra:
-        likelihood_mean = idata["posterior"]["iv_model"].mean(("chain", "draw")).to_numpy()
         extra = {"rmse_likelihood_iv_vol_points": float(100 * np.sqrt(np.mean((likelihood_mean - mid) ** 2))),
                  **extra}
     err = model_mean - mid
@@ -188,10 +187,16 @@ def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, float]]:
     checks : dict of str to float
         The three figures above for price models; empty for IV models.
     """
+    mean, _, checks = _model_and_likelihood_iv_mean(idata)
+    return mean, checks
+
+
+def _model_and_likelihood_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """:func:`model_iv_mean` plus the posterior mean of the likelihood's ``iv_model`` (computed once)."""
     posterior = idata["posterior"]
     likelihood_mean = posterior["iv_model"].mean(("chain", "draw")).to_numpy()
     if "norm_price_model" not in posterior.data_vars:
-        return likelihood_mean, {}
+        return likelihood_mean, likelihood_mean, {}
     from bayescal.market.implied_vol import implied_vol_black76
 
     def thinned(name: str) -> np.ndarray:
@@ -206,5 +211,5 @@ def model_iv_mean(idata: xr.DataTree) -> tuple[np.ndarray, dict[str, float]]:
     counts = ok.sum(axis=0)
     mean = np.where(counts > 0, np.where(ok, iv, 0.0).sum(axis=0) / np.maximum(counts, 1), likelihood_mean)
     deviation = float(100 * np.max(np.abs(iv_model - iv)[ok], initial=0.0))
-    return mean, {"exact_iv_draws": int(prices.shape[0]), "exact_iv_failures": int((~ok).sum()),
-                  "likelihood_iv_max_deviation_vol_points": deviation}
+    return mean, likelihood_mean, {"exact_iv_draws": int(prices.shape[0]), "exact_iv_failures": int((~ok).sum()),
+                                   "likelihood_iv_max_deviation_vol_points": deviation}
