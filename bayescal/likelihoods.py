@@ -78,6 +78,22 @@ class IVLikelihood:
         (time value below 1e-12 of ``sqrt(F K)``, e.g. slightly negative from a Fourier kernel's
         rounding) continues linearly from the boundary vol with slope ``1 / vega_mid``, like the
         vega map.
+
+        Parameters
+        ----------
+        c_model : TensorVariable, shape (n_quote,)
+            Model price in units of the forward, undiscounted.
+        k, tau, cp : TensorVariable, shape (n_quote,)
+            Log-moneyness ``ln(K/F)``, time to expiry (years), +1 call / -1 put.
+        c_mid, mid_iv, vega_mid : TensorVariable or numpy.ndarray, shape (n_quote,)
+            Market mid price (units of the forward), mid IV (decimal) and vega of ``c`` per unit vol
+            at the mid.
+
+        Returns
+        -------
+        TensorVariable, shape (n_quote,)
+            Model implied vol (decimal). Raises nothing itself; see
+            :func:`bayescal.kernels.black76_norm_implied_vol` for its ``ValueError`` cases.
         """
         from bayescal.kernels.black import black76_norm_implied_vol
 
