@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
+import pytensor
+import pytensor.tensor as pt
 import xarray as xr
 
 from bayescal.arbitrage import arbitrage_free_share
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM
 from bayescal.diagnostics import approximate_gate, convergence_gate, fit_quality
-from bayescal.errors import QuoteValidationError
+from bayescal.errors import CalibrationError, QuoteValidationError
 from bayescal.market.filters import filter_quotes, used_quotes
 from bayescal.pricing_models import get_pricing_model
 from bayescal.results import CalibrationResult
@@ -253,7 +255,10 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
         idata = _FITTERS[cfg.method](model, cfg, progressbar, **extra)
         t_fit = time.perf_counter() - t0
         idata = _standard_layout(idata, model)
-        with model:
+        with model, warnings.catch_warnings():
+            # the posterior draws already carry the Potentials' effect (a prior term such as SABR's
+            # attainable-ATM wall or Heston's soft Feller term); only the observations are drawn here
+            warnings.filterwarnings("ignore", message="The effect of Potentials", category=UserWarning)
             pm.sample_posterior_predictive(idata, extend_inferencedata=True, random_seed=cfg.random_seed + 1,
                                            progressbar=False)
             pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
@@ -301,7 +306,69 @@ def prior_predictive(spec: CalibrationSpec, quotes: xr.Dataset, draws: int = 500
         :meth:`bayescal.pricing_models.PricingModel.implied_vol_on_grid` draws prior smiles.
     """
     used = used_quotes(filter_quotes(quotes, spec.filters))
-    model = build_model(spec, used)
-    with model:
-        idata = pm.sample_prior_predictive(draws=draws, random_seed=spec.fit.random_seed)
-    return used, idata["prior"].to_dataset()
+    return used, sample_prior(build_model(spec, used), draws, spec.fit.random_seed)
+
+
+#: Most prior draws :func:`sample_prior` makes per accepted draw before it gives up.
+MAX_PRIOR_TRIES_PER_DRAW = 200
+
+
+def sample_prior(model: pm.Model, draws: int, random_seed: int | None) -> xr.Dataset:
+    """Draws from a model's prior, Potentials included, by rejection.
+
+    :func:`pymc.sample_prior_predictive` ignores Potentials. Every Potential of a bayescal model is a
+    prior term ``log h(theta) <= 0`` (SABR's attainable-ATM wall, Heston's soft Feller term), so the
+    prior is ``p(theta) h(theta) / Z`` and accepting a draw of ``p`` with probability ``h(theta)`` gives
+    exact draws from it (von Neumann 1951 rejection sampling with envelope ``p``).
+
+    Parameters
+    ----------
+    model : pymc.Model
+        A model from :func:`build_model`.
+    draws : int
+        Accepted draws wanted, ``>= 1``.
+    random_seed : int or None
+        Seed of the draws.
+
+    Returns
+    -------
+    xarray.Dataset
+        The ``prior`` group (free variables and deterministics), dims ``(chain=1, draw=draws, ...)``.
+
+    Raises
+    ------
+    ValueError
+        If ``draws < 1``, or a Potential is positive (not a rejection weight).
+    CalibrationError
+        If fewer than ``draws`` draws are accepted in ``MAX_PRIOR_TRIES_PER_DRAW * draws`` tries.
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1 (got {draws})")
+    names = [v.name for v in (*model.free_RVs, *model.deterministics)]
+    with model, warnings.catch_warnings():
+        # numba runs the truncated-normal prior sampler in object mode: slower, same draws
+        warnings.filterwarnings("ignore", message="Numba will use object mode", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The effect of Potentials", category=UserWarning)
+        if not model.potentials:
+            return pm.sample_prior_predictive(draws=draws, random_seed=random_seed)["prior"].to_dataset()
+        log_h = pytensor.function(model.free_RVs, pt.add(*[pt.sum(p) for p in model.potentials]),
+                                  on_unused_input="ignore")
+        rng = np.random.default_rng(random_seed)
+        accepted: list[xr.Dataset] = []
+        n_accepted, tries = 0, 0
+        while n_accepted < draws:
+            if tries >= MAX_PRIOR_TRIES_PER_DRAW * draws:
+                raise CalibrationError(f"prior draws: {n_accepted} of {tries} draws accepted by the model's "
+                                       f"Potentials ({[p.name for p in model.potentials]}); {draws} wanted")
+            batch = max(2 * (draws - n_accepted), 16)
+            prior = pm.sample_prior_predictive(draws=batch, random_seed=rng, var_names=names)["prior"].to_dataset()
+            tries += batch
+            values = [prior[v.name].isel(chain=0).to_numpy() for v in model.free_RVs]
+            lw = np.array([log_h(*(x[i] for x in values)) for i in range(batch)])
+            if np.any(lw > 1e-12):
+                raise ValueError(f"prior draws: a Potential is positive ({lw.max():.3g}), not a rejection weight")
+            keep = np.flatnonzero(np.log(rng.uniform(size=batch)) < lw)
+            accepted.append(prior.isel(draw=keep))
+            n_accepted += keep.size
+        out = xr.concat(accepted, dim="draw").isel(draw=slice(0, draws))
+        return out.assign_coords(draw=np.arange(draws))

@@ -26,7 +26,7 @@ from bayescal.errors import SpecError
 from bayescal.kernels.bates import bates_norm_price
 from bayescal.kernels.heston import heston_norm_price
 from bayescal.kernels.merton import merton_norm_price
-from bayescal.kernels.sabr import sabr_lognormal_vol
+from bayescal.kernels.sabr import sabr_alpha_from_atm_vol, sabr_lognormal_vol
 from bayescal.kernels.surface import DEFAULT_SURFACE_NODES, bates_surface_norm_price, heston_surface_norm_price
 from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_raw_total_variance
 from bayescal.market.filters import near_money_iv
@@ -357,20 +357,31 @@ class SsviPowerLaw(PricingModel):
         return pt.sqrt(ssvi_total_variance(k, theta, rho, phi) / tau)
 
 
+#: Scale of the SABR prior's wall beyond the attainable ATM vol (vol units): 1 vol point costs 50 nats.
+ATTAINABLE_SCALE = 1e-3
+
+
 class SabrPerExpiry(PricingModel):
     """SABR per expiry with beta fixed by the spec, Hagan et al. (2002) lognormal implied vol (eq. 2.17a).
 
     The kernel is evaluated in normalised terms: forward 1 and strike ``exp(k)``, so ``alpha`` is in
-    units of ``F**(1 - beta)`` (for the default ``beta = 1`` it is close to the ATM vol). Per expiry:
-    ``alpha > 0``, ``rho`` in (-1, 1), ``nu > 0`` (vol of vol, per sqrt year). Setting: ``beta`` in [0, 1].
+    units of ``F**(1 - beta)``. Sampled per expiry: the ATM Black vol ``atm_vol > 0``, ``rho`` in
+    (-1, 1) and ``nu > 0`` (vol of vol, per sqrt year); ``alpha`` is the deterministic root of the
+    ATM cubic on its first branch (:func:`bayescal.kernels.sabr.sabr_alpha_from_atm_vol` with
+    ``unattainable="fold"``). Sampling ``alpha`` directly gave chains in a spurious second mode
+    (``alpha`` ~15 times the truth with a large noise floor, where the expansion's ATM vol falls again
+    with ``alpha``); the ATM vol is also what the quotes pin best, so the posterior is closer to
+    independent in these coordinates. Where the expansion cannot reach ``atm_vol`` with the sampled
+    ``rho, nu`` (strong negative ``rho`` with a large ``nu**2 tau``), ``alpha`` sits at the fold and the
+    model ATM vol is the largest the expansion allows. Setting: ``beta`` in [0, 1].
     """
 
     lookup_name = "sabr"
-    parameters = ("alpha", "rho", "nu")
+    parameters = ("atm_vol", "rho", "nu")
     per_expiry = frozenset(parameters)
-    supports: ClassVar[dict[str, str]] = {"alpha": "positive", "rho": "correlation", "nu": "positive"}
-    kernel_inputs = parameters
-    per_expiry_inputs = frozenset(parameters)
+    supports: ClassVar[dict[str, str]] = {"atm_vol": "positive", "rho": "correlation", "nu": "positive"}
+    kernel_inputs = ("alpha", "rho", "nu")
+    per_expiry_inputs = frozenset(kernel_inputs)
 
     @classmethod
     def settings_defaults(cls) -> dict[str, Any]:  # noqa: D102 (documented on the base)
@@ -382,7 +393,14 @@ class SabrPerExpiry(PricingModel):
             raise SpecError(f"model 'sabr': beta must be in [0, 1] (got {self.settings['beta']})")
 
     def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
-        return self.sample_parameters(priors)
+        p = self.sample_parameters(priors)
+        beta = float(self.settings["beta"])
+        alpha = sabr_alpha_from_atm_vol(1.0, tau_expiry, p["atm_vol"], beta, p["rho"], p["nu"], unattainable="fold")
+        # beyond the fold the likelihood no longer depends on atm_vol (a plateau that traps chains):
+        # a steep Gaussian wall in the shortfall of the model ATM vol, zero wherever atm_vol is attained
+        shortfall = p["atm_vol"] - sabr_lognormal_vol(1.0, 1.0, tau_expiry, alpha, beta, p["rho"], p["nu"])
+        pm.Potential(self.name("attainable"), -0.5 * pt.sum(pt.sqr(shortfall / ATTAINABLE_SCALE)))
+        return {"alpha": self.deterministic("alpha", alpha, per_expiry=True), "rho": p["rho"], "nu": p["nu"]}
 
     def kernel(self, k, tau, cp, *, alpha, rho, nu):  # noqa: D102 (documented on the base)
         return sabr_lognormal_vol(1.0, pt.exp(k), tau, alpha, float(self.settings["beta"]), rho, nu)

@@ -24,20 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 
 from bayescal.atomic import write_text_atomic
 from bayescal.errors import SpecError
-from bayescal.inference import build_model, fit
+from bayescal.inference import build_model, fit, sample_prior
 from bayescal.market.filters import filter_quotes, used_quotes
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.market.quotes import make_quotes, prices_from_iv
@@ -149,11 +147,7 @@ def prior_truth(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAU
     """
     pricing = get_pricing_model(spec.model, **spec.model_settings)
     flat = simulated_chain("black76", {"iv": np.full(taus.size, 0.6)}, np.random.default_rng(0), taus)
-    model = build_model(spec, used_quotes(filter_quotes(flat, spec.filters)))
-    with model, warnings.catch_warnings():
-        # numba runs the truncated-normal prior sampler in object mode: slower, same draws
-        warnings.filterwarnings("ignore", message="Numba will use object mode", category=UserWarning)
-        prior = pm.sample_prior_predictive(draws=1, random_seed=seed)["prior"].to_dataset()
+    prior = sample_prior(build_model(spec, used_quotes(filter_quotes(flat, spec.filters))), 1, seed)
     take = {n: prior[pricing.name(n)].isel(chain=0, draw=0).to_numpy() for n in
             set(pricing.parameters) | set(pricing.kernel_inputs)}
     return {"parameters": {n: take[n] for n in pricing.parameters},

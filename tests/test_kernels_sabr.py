@@ -409,3 +409,49 @@ def test_validation_and_broadcasting():
         sabr_alpha_from_atm_vol(1.0, 1.0, -0.2, 0.5, 0.0, 0.3)
     vols = sabr_lognormal_vol(1.0, np.array([[0.8], [1.0], [1.2]]), np.array([0.5, 2.0]), 0.2, 0.5, -0.3, 0.4)
     assert vols.eval(mode=FAST).shape == (3, 2)
+
+
+@pytest.fixture(scope="module")
+def fold_fn():
+    """Compiled (Python backend): alpha with ``unattainable="fold"``, its ATM vol and the gradient."""
+    xs = [pt.dvector(n) for n in ALPHA_ARGS]
+    a = sabr_alpha_from_atm_vol(*xs, unattainable="fold")
+    atm = sabr_lognormal_vol(xs[0], xs[0], xs[1], a, xs[3], xs[4], xs[5], xs[6])
+    return pytensor.function(xs, [a, atm, *pytensor.grad(a.sum(), xs[2:6])], mode=FAST)
+
+
+def test_alpha_fold_branch_beta_one(fold_fn):
+    """beta = 1, rho = -0.9, nu = 2, tau = 1: the expansion's ATM vol alpha (c1 + c2 alpha) peaks at
+    c1**2 / (4 |c2|) = 0.478779 (c1 = 0.928333, c2 = -0.45) at alpha = c1 / (2 |c2|) = 1.031481."""
+    vols = np.array([0.30, 0.46, 0.478, 0.4787, 0.50, 0.90])
+    n = vols.size
+    args = [np.full(n, 1.0), np.full(n, 1.0), vols, np.full(n, 1.0), np.full(n, -0.9), np.full(n, 2.0), np.zeros(n)]
+    alpha, atm, *grads = fold_fn(*args)
+    c1, c2 = 1.0 + (2.0 - 3.0 * 0.81) * 4.0 / 24.0, -0.9 * 2.0 / 4.0
+    peak_alpha, peak_vol = c1 / (-2.0 * c2), c1**2 / (-4.0 * c2)
+    np.testing.assert_allclose([peak_alpha, peak_vol], [1.031481481, 0.478779321], rtol=1e-9)
+    reached = vols < peak_vol
+    np.testing.assert_allclose(atm[reached], vols[reached], rtol=1e-12)  # the root reproduces the ATM vol
+    np.testing.assert_allclose(alpha[~reached], peak_alpha, rtol=1e-12)  # beyond the peak: the fold
+    np.testing.assert_allclose(atm[~reached], peak_vol, rtol=1e-12)
+    assert np.all(np.diff(alpha) >= 0) and np.all(alpha[reached] < peak_alpha)  # first branch, continuous
+    assert np.all(np.isfinite(np.stack(grads)))
+    # the nan mode keeps its meaning
+    nan_mode = sabr_alpha_from_atm_vol(1.0, 1.0, 0.5, 1.0, -0.9, 2.0).eval(mode=FAST)
+    assert np.isnan(nan_mode)
+
+
+def test_alpha_fold_keeps_the_first_branch_for_beta_below_one(fold_fn):
+    """beta = 0.5, rho = -0.9, nu = 5, tau = 1, atm_vol 0.5: the cubic's only positive root (alpha ~53)
+    is on the far branch where the ATM vol rises again; the fold mode returns the first branch's peak."""
+    args = [np.array([v]) for v in (1.0, 1.0, 0.5, 0.5, -0.9, 5.0, 0.0)]
+    far = sabr_alpha_from_atm_vol(*args).eval(mode=FAST)
+    assert far[0] > 50.0
+    alpha, atm, *grads = fold_fn(*args)
+    c3, c2, c1 = 0.25 / 24.0, 0.25 * -0.9 * 0.5 * 5.0, 1.0 + (2.0 - 3.0 * 0.81) * 25.0 / 24.0
+    x = c1 / (-c2 + np.sqrt(c2 * c2 - 3.0 * c3 * c1))
+    np.testing.assert_allclose(3 * c3 * x * x + 2 * c2 * x + c1, 0.0, atol=1e-12)  # a stationary point of P
+    np.testing.assert_allclose(alpha, x, rtol=1e-12)
+    assert atm[0] < 0.5 and np.all(np.isfinite(np.stack(grads)))
+    with pytest.raises(ValueError, match="unattainable"):
+        sabr_alpha_from_atm_vol(1.0, 1.0, 0.5, 0.5, 0.0, 0.3, unattainable="clip")

@@ -236,7 +236,7 @@ def _largest_real_root_monic_cubic(a, b, c):
     return t - a / 3.0
 
 
-def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0):
+def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0, unattainable="nan"):
     """SABR ``alpha`` reproducing a given ATM Black volatility under [H02]_ eq. (2.17a).
 
     At ``K = F`` eq. (2.17a) reads ``sigma_ATM = x {1 + [(1-beta)**2 x**2 / 24 + rho beta nu x / 4 +
@@ -251,8 +251,19 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0):
     stopped through the closed form; one last Newton step from the stopped root carries the
     implicit-function derivative ``dx/dparam = -(dP/dparam) / P'(x)`` exactly (the value is unchanged at
     convergence). Where ``P`` has no positive root (only possible for ``beta = 1`` with
-    ``c2 <= 0`` and either ``c1 <= 0`` or ``c1**2 + 4 sigma_ATM c2 < 0``), or the polished root leaves a
-    residual above 1e-9 times the sum of the magnitudes of its terms, the result is NaN.
+    ``c2 <= 0`` and either ``c1 <= 0`` or ``c1**2 + 4 sigma_ATM c2 < 0``: the expansion's ATM vol has a
+    maximum in ``alpha`` below ``sigma_ATM``), or the polished root leaves a residual above 1e-9 times
+    the sum of the magnitudes of its terms, the result depends on ``unattainable``:
+
+    * ``"nan"``: NaN.
+    * ``"fold"``: the result stays on the **first increasing branch** of ``P``, the one connected to
+      ``alpha -> 0``. Where ``P`` has a positive stationary point (``c1 <= 0``, or ``c2 < 0`` with
+      ``c2**2 >= 3 c3 c1``), the smallest one, ``x_fold = c1 / (-c2 + sqrt(c2**2 - 3 c3 c1))``
+      (floored at ``1e-8``), is the ``alpha`` of the largest ATM vol that branch reaches. A root beyond
+      the fold (possible for ``beta < 1``: a far branch where the expansion's ATM vol rises again) and
+      a missing root both give ``x_fold``. The root tends to ``x_fold`` as the requested vol tends to the
+      largest attainable one, so the result is continuous in every input; value and gradient are
+      finite everywhere, which a sampler needs when ``sigma_ATM`` is a parameter.
 
     Parameters
     ----------
@@ -264,6 +275,8 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0):
         ATM Black volatility (of the shifted forward when ``shift != 0``), ``> 0``.
     beta, rho, nu, shift
         As in :func:`sabr_lognormal_vol`.
+    unattainable : {"nan", "fold"}, default "nan"
+        Result where no positive root is found (see above).
 
     Returns
     -------
@@ -274,13 +287,15 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0):
     ------
     ValueError
         If a non-symbolic ``atm_vol <= 0``, ``beta`` outside ``[0, 1]``, ``|rho| >= 1``, ``nu < 0`` or
-        ``tau < 0``. Symbolic inputs are not checked.
+        ``tau < 0``, or ``unattainable`` is not ``"nan"`` or ``"fold"``. Symbolic inputs are not checked.
 
     References
     ----------
     [H02]_ eq. (2.17a) at ``K = f``; [P]_ (``alpha`` from the ATM vol as a cubic root); Abramowitz &
     Stegun (1964) 3.8.2 (roots of a cubic).
     """
+    if unattainable not in ("nan", "fold"):
+        raise ValueError(f"unattainable must be 'nan' or 'fold' (got {unattainable!r})")
     _check_constant("atm_vol", atm_vol, lambda a: a > 0.0, "> 0")
     _check_constant("beta", beta, lambda a: (a >= 0.0) & (a <= 1.0), "in [0, 1]")
     _check_constant("rho", rho, lambda a: np.abs(a) < 1.0, "in (-1, 1)")
@@ -304,10 +319,22 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0):
     for _ in range(3):
         x = x - residual(x) / slope(x)
     x0 = disconnected_grad(x)
-    x = x0 - residual(x0) / slope(x0)  # value unchanged at convergence; carries the implicit gradient
     scale = (pt.abs(c3 * x0) * x0 + pt.abs(c2) * x0) * x0 + pt.abs(c1) * x0 + atm_vol  # sum of |terms| of P
     found = pt.and_(pt.gt(x0, 0.0), pt.le(pt.abs(residual(x0)), 1e-9 * scale))
-    return pt.switch(found, x, np.nan) * pt.exp(omb * pt.log(forward + shift))
+    x0 = pt.switch(found, x0, 1.0)  # a finite point where nothing was found: no NaN reaches the gradient
+    x = x0 - residual(x0) / slope(x0)  # value unchanged at convergence; carries the implicit gradient
+    if unattainable == "nan":
+        x = pt.switch(found, x, np.nan)
+    else:
+        # smallest positive root of P'(x) = 3 c3 x**2 + 2 c2 x + c1, in the cancellation-free form; it
+        # exists iff c1 <= 0 (fold at 0) or c2 < 0 with a real pair of stationary points. The floors
+        # keep the branch finite (value and gradient) where it is not selected.
+        disc = c2 * c2 - 3.0 * c3 * c1
+        has_fold = pt.or_(pt.le(c1, 0.0), pt.and_(pt.lt(c2, 0.0), pt.ge(disc, 0.0)))
+        fold = pt.maximum(pt.maximum(c1, 0.0) / pt.maximum(pt.sqrt(pt.maximum(disc, 1e-24)) - c2, 1e-12), 1e-8)
+        first_branch = pt.and_(found, pt.or_(pt.invert(has_fold), pt.le(x0, fold)))
+        x = pt.switch(first_branch, x, fold)
+    return x * pt.exp(omb * pt.log(forward + shift))
 
 
 def sabr_black76_price(forward, strike, tau, alpha, beta, rho, nu, cp, discount_factor=1.0, shift=0.0):
