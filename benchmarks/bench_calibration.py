@@ -2,7 +2,7 @@
 
 Run from the repository root (benchmark extra installed: ``pip install -e ".[bench]"``)::
 
-    python benchmarks/bench_calibration.py [CHAIN] [--underlying BTC] [--spec heston] [--starts 4]
+    python benchmarks/bench_calibration.py [CHAIN] [--underlying BTC] [--spec heston] [--starts 4] [--repeats 3]
 
 Default chain: the 2025-12-30 Deribit BTC snapshot in ``../shared/data``. The quotes are the ones
 the spec's filters keep (out-of-the-money, tau >= 2 days, ...), identical for every method.
@@ -17,7 +17,9 @@ fractional day. Instead each expiry is priced *exactly* with QuantLib through He
 over a clock ``s = c t`` the model is again Heston with ``(v0, kappa, theta, xi)/c`` and the same
 ``rho``, so ``c = ceil(365 tau)/(365 tau)`` puts every expiry on a whole day.
 
-Printed per method: wall time (bayescal: including model compilation), the implied-vol RMSE in vol
+Printed per method (median of ``--repeats`` runs, default 3; the first run's wall time is shown too, as
+it fills the compilation caches): wall time, bayescal's split into compilation + fit and post-fit
+checks (posterior predictive, log-likelihood, fit quality, arbitrage, kernel check), the implied-vol RMSE in vol
 points of the point estimate (LM optimum; posterior median of each parameter for bayescal) priced
 with the same QuantLib function, the RMSE of the posterior-mean exact IV, the RMSE of the likelihood's
 own model IV, convergence, and the ratio of each wall time to the LM time. After the NUTS fit, the
@@ -145,6 +147,8 @@ def main() -> None:
     parser.add_argument("--spec", default="heston")
     parser.add_argument("--starts", type=int, default=4, help="LM starting points (best kept)")
     parser.add_argument("--methods", default="nuts,map,pathfinder,advi")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per method (median reported; the first "
+                        "run fills the compilation caches)")
     args = parser.parse_args()
 
     quotes = read_chain(args.chain, underlying=args.underlying)
@@ -154,19 +158,26 @@ def main() -> None:
     print(f"{args.chain.name}: {k.size} quotes in {np.unique(tau).size} expiries (spec {args.spec!r} filters)")
     pricer = QuantLibHeston(k, tau, cp)
 
-    params, rmse, t_lm, n_eval = lm_fit(pricer, mid, args.starts)
+    lm_runs = [lm_fit(pricer, mid, args.starts) for _ in range(args.repeats)]
+    params, rmse, _, n_eval = lm_runs[-1]
+    t_lm = float(np.median([run[2] for run in lm_runs]))
     print(f"LM (MINPACK + QuantLib AnalyticHestonEngine): {dict(zip(NAMES, np.round(params, 4), strict=True))}, "
-          f"{n_eval} residual evaluations")
-    header = f"{'method':<22} {'wall s':>8} {'ratio/LM':>8} {'RMSE pt':>8} {'RMSE mean':>9} {'RMSE lik':>9} " \
-             f"{'R-hat':>7} {'ESS':>6} {'ESS/s':>6} {'div':>4} status"
+          f"{n_eval} residual evaluations, median of {args.repeats} runs")
+    header = f"{'method':<22} {'wall s':>7} {'/LM':>6} {'fit s':>7} {'/LM':>6} {'post s':>7} {'cold s':>7} " \
+             f"{'RMSE pt':>8} {'RMSE mean':>9} {'RMSE lik':>9} {'R-hat':>7} {'ESS':>6} {'ESS/s':>6} {'div':>4} status"
     print(header)
     print("-" * len(header))
-    print(f"{'LM (QuantLib pricing)':<22} {t_lm:>8.1f} {1.0:>8.2f} {rmse:>8.3f} {'':>9} {'':>9} {'':>7} {'':>6} "
-          f"{'':>6} {'':>4} point")
+    print(f"{'LM (QuantLib pricing)':<22} {t_lm:>7.1f} {1.0:>6.2f} {t_lm:>7.1f} {1.0:>6.2f} {'':>7} {'':>7} "
+          f"{rmse:>8.3f} {'':>9} {'':>9} {'':>7} {'':>6} {'':>6} {'':>4} point")
     for method in args.methods.split(","):
-        t0 = time.perf_counter()
-        result = fit(spec.with_fit(method=method), quotes, progressbar=False)
-        wall = time.perf_counter() - t0
+        walls, fits = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            result = fit(spec.with_fit(method=method), quotes, progressbar=False)
+            walls.append(time.perf_counter() - t0)
+            fits.append(result.timings["fit_seconds"])
+        wall, t_fit = float(np.median(walls)), float(np.median(fits))
+        post_fit = float(np.median([r - f for r, f in zip(walls, fits, strict=True)]))
         post = result.posterior
         median = tuple(float(post[f"{spec.model}_{n}"].median()) for n in NAMES)
         iv = pricer.iv(median)
@@ -176,15 +187,18 @@ def main() -> None:
         draws = np.stack([pricer.iv(tuple(float(stacked[f"{spec.model}_{n}"][j]) for n in NAMES)) for j in keep])
         rmse_exact_mean = 100 * float(np.sqrt(np.nanmean((np.nanmean(draws, axis=0) - mid) ** 2)))
         conv, quality = result.convergence, result.fit_quality
-        print(f"{'bayescal ' + method:<22} {wall:>8.1f} {wall / t_lm:>8.2f} {rmse_point:>8.3f} "
-              f"{rmse_exact_mean:>9.3f} {quality['rmse_likelihood_iv_vol_points']:>9.3f} {conv['max_rhat']:>7.4f} "
-              f"{conv['min_ess_bulk']:>6.0f} {conv['min_ess_bulk'] / wall:>6.1f} {conv['divergences']:>4d} "
-              f"{conv['status']}")
+        print(f"{'bayescal ' + method:<22} {wall:>7.1f} {wall / t_lm:>6.2f} {t_fit:>7.1f} {t_fit / t_lm:>6.2f} "
+              f"{post_fit:>7.1f} {walls[0]:>7.1f} {rmse_point:>8.3f} {rmse_exact_mean:>9.3f} "
+              f"{quality['rmse_likelihood_iv_vol_points']:>9.3f} {conv['max_rhat']:>7.4f} {conv['min_ess_bulk']:>6.0f} "
+              f"{conv['min_ess_bulk'] / wall:>6.1f} {conv['divergences']:>4d} {conv['status']}")
         if method == "nuts":
             print("   posterior medians:", dict(zip(NAMES, np.round(median, 4), strict=True)))
             for link in ("exact", "vega_map"):
                 print(f"   log-density + gradient at the posterior mean, price_to_iv={link!r}: "
                       f"{1e6 * gradient_seconds(spec, used, post, link):.0f} us")
+    print("wall s: whole bayescal fit (model build, compilation, fit, post-fit checks), median of the runs; fit s: "
+          "compilation and fit only; post s: posterior predictive, log-likelihood, fit quality, arbitrage and kernel "
+          "checks; cold s: wall time of the first run (compilation caches filled then); /LM: ratio to the LM time.")
     print("RMSE pt: implied-vol RMSE (vol points) of the point estimate priced by QuantLib (LM optimum, posterior "
           f"medians); RMSE mean: posterior mean of the exact model IV over {EXACT_IV_DRAWS} draws (QuantLib); "
           "(bayescal's reported rmse_vol_points is the same figure from its own kernel); RMSE lik: posterior-mean "

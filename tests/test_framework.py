@@ -199,3 +199,34 @@ def test_fit_quality_of_price_models_inverts_model_prices_exactly():
     deviation = np.abs(0.7 - iv_draws.reshape(100, -1))
     deviation[0, 0] = 0.0  # the failed draw is left out
     assert quality["likelihood_iv_max_deviation_vol_points"] == pytest.approx(100 * deviation.max(), rel=1e-9)
+
+
+def test_prior_draws_honour_potentials():
+    """SABR's attainable-ATM wall is a prior term: about 5% of raw draws on a 1-year grid break it
+    (the ATM vol beyond what Hagan's expansion reaches with the drawn rho, nu); sample_prior's never do."""
+    import pymc as pm
+
+    from bayescal.inference import build_model, sample_prior
+    from bayescal.kernels.sabr import sabr_lognormal_vol
+    from bayescal.market.filters import filter_quotes, used_quotes
+    from bayescal.studies import DEFAULT_TAUS, simulated_chain
+
+    spec = load_spec("sabr")
+    flat = simulated_chain("black76", {"iv": np.full(DEFAULT_TAUS.size, 0.6)}, np.random.default_rng(0))
+    model = build_model(spec, used_quotes(filter_quotes(flat, spec.filters)))
+    assert [p.name for p in model.potentials] == ["sabr_attainable"]
+
+    def shortfall(prior):
+        atm = sabr_lognormal_vol(1.0, 1.0, DEFAULT_TAUS, prior["sabr_alpha"].to_numpy()[0], 1.0,
+                                 prior["sabr_rho"].to_numpy()[0], prior["sabr_nu"].to_numpy()[0]).eval()
+        return prior["sabr_atm_vol"].to_numpy()[0] - atm
+
+    with model, pytest.warns(UserWarning) as caught:
+        raw = pm.sample_prior_predictive(draws=400, random_seed=2)["prior"].to_dataset()
+    assert any("The effect of Potentials" in str(w.message) for w in caught)
+    broken = (shortfall(raw) > 1e-6).any(axis=1).mean()
+    assert 0.02 < broken < 0.1
+    prior = sample_prior(model, 400, 2)
+    assert prior.sizes["draw"] == 400 and np.all(prior["draw"].to_numpy() == np.arange(400))
+    assert np.abs(shortfall(prior)).max() < 1e-9
+    assert np.isfinite(prior["sabr_alpha"].to_numpy()).all()
