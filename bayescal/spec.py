@@ -22,6 +22,10 @@ from bayescal.priors import PriorSet, load_prior_set
 FIT_METHODS = ("nuts", "advi", "fullrank_advi", "pathfinder", "map")
 
 
+#: nutpie mass-matrix adaptations a spec may choose (nutpie's experimental "flow" is left out).
+NUTS_ADAPTATIONS = ("diag", "draw_diag", "low_rank")
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """Sampler settings (``[fit]`` table).
@@ -42,6 +46,11 @@ class FitConfig:
         Number of Pathfinder paths.
     target_accept : float
         NUTS target acceptance rate in (0, 1).
+    adaptation : str
+        nutpie's mass-matrix adaptation: ``"diag"`` (default; from draw and gradient variances),
+        ``"draw_diag"`` (draw variances, as Stan and PyMC) or ``"low_rank"`` (diagonal plus a
+        low-rank correction that adapts to strong posterior correlations, e.g. jump intensity
+        against jump size).
     random_seed : int
         Seed of the whole fit (sampling and posterior predictive).
     """
@@ -51,6 +60,7 @@ class FitConfig:
     draws: int = 1000
     tune: int = 1000
     target_accept: float = 0.9
+    adaptation: str = "diag"
     random_seed: int = 20251230
     advi_iterations: int = 30000
     learning_rate: float = 0.01
@@ -69,6 +79,8 @@ class FitConfig:
             out.append(f"fit.learning_rate must be > 0 (got {self.learning_rate!r})")
         if not 0 < self.target_accept < 1:
             out.append(f"fit.target_accept must be in (0, 1) (got {self.target_accept!r})")
+        if self.adaptation not in NUTS_ADAPTATIONS:
+            out.append(f"fit.adaptation {self.adaptation!r} unknown; valid: {list(NUTS_ADAPTATIONS)}")
         return out
 
 
