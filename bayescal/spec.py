@@ -49,8 +49,8 @@ class FitConfig:
     adaptation : str
         nutpie's mass-matrix adaptation: ``"diag"`` (default; from draw and gradient variances),
         ``"draw_diag"`` (draw variances, as Stan and PyMC) or ``"low_rank"`` (diagonal plus a
-        low-rank correction that adapts to strong posterior correlations, e.g. jump intensity
-        against jump size).
+        low-rank correction that adapts to strong posterior correlations, e.g. Heston's kappa
+        against theta).
     random_seed : int
         Seed of the whole fit (sampling and posterior predictive).
     """
