@@ -7,6 +7,7 @@ maximum tree depth.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import arviz as az
@@ -107,15 +108,14 @@ def convergence_gate(idata: xr.DataTree, var_names: list[str]) -> ConvergenceRep
     return ConvergenceReport(status, fail + warn, rhat, ess_bulk, ess_tail, divergences, bfmi, depth_share)
 
 
-def approximate_gate(method: str) -> ConvergenceReport:
+def approximate_gate(method: str, problems: Sequence[str] = ()) -> ConvergenceReport:
     """Gate of an approximate fit (ADVI, Pathfinder, MAP + Laplace): status ``approximate``.
 
     MCMC diagnostics do not apply; the report says so, and reports and the CLI label the fit.
+    ``problems`` the fitter found (e.g. MAP's optimiser did not converge) make the status ``fail``.
     """
-    return ConvergenceReport(
-        "approximate",
-        [f"{method} is an approximation: no MCMC diagnostics; bands may understate uncertainty"],
-    )
+    label = f"{method} is an approximation: no MCMC diagnostics; bands may understate uncertainty"
+    return ConvergenceReport("fail" if problems else "approximate", [label, *problems])
 
 
 #: Posterior draws (evenly thinned) whose model prices are inverted to exact implied vols.

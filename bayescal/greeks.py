@@ -23,6 +23,7 @@ import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 
+from bayescal.compilation import compile_mode
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import BayescalError
 from bayescal.kernels.black import black76_norm_price
@@ -33,14 +34,8 @@ GREEKS = ("price", "delta", "gamma", "vega", "theta")
 INTERVAL_PROB = 0.94
 
 
-_COMPILED: dict[tuple[str, str], object] = {}
-
-
 def _greeks_function(pricing: PricingModel):
-    key = (pricing.lookup_name, repr(sorted(pricing.settings.items())))
-    if key not in _COMPILED:
-        _COMPILED[key] = _compile_greeks(pricing)
-    return _COMPILED[key]
+    return pricing.compiled("greeks", lambda: _compile_greeks(pricing))
 
 
 def _compile_greeks(pricing: PricingModel):
@@ -64,7 +59,7 @@ def _compile_greeks(pricing: PricingModel):
     theta = -pt.grad(price.sum(), tau)
     vega = pt.grad(price.sum(), shift)
     inputs = [F, K, tau, shift, cp, D, *params.values()]
-    return pytensor.function(inputs, [price, delta, gamma, vega, theta], on_unused_input="ignore")
+    return pytensor.function(inputs, [price, delta, gamma, vega, theta], on_unused_input="ignore", mode=compile_mode())
 
 
 def posterior_greeks(result: CalibrationResult, expiry: int | str, strike, cp, *,

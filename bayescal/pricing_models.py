@@ -11,7 +11,7 @@ likelihood, evaluation on a strike grid for bands) lives here once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from functools import cached_property
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +21,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pymc_extras.prior import Prior
 
+from bayescal.compilation import compile_mode
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
 from bayescal.kernels.bates import bates_norm_price
@@ -34,6 +35,8 @@ from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.priors import PriorSet
 
 REGISTRY: dict[str, type[PricingModel]] = {}
+#: Compiled kernel functions by (model, settings, purpose): see :meth:`PricingModel.compiled`.
+_COMPILED: dict[tuple[str, str, str], Any] = {}
 
 #: maximum number of posterior draws used for strike-grid bands of price-output models
 GRID_MAX_DRAWS = 1000
@@ -184,21 +187,38 @@ class PricingModel(ABC):
                 "kernel_max_iv_error_vol_points": float(100 * np.max(diff / constant_data["vega_mid"].to_numpy())),
                 "kernel_draws_checked": int(keep.size)}
 
-    @cached_property
+    def compiled(self, purpose: str, build: Callable[[], Any]) -> Any:
+        """The compiled function ``build()`` for ``purpose``, built once per process per model and settings.
+
+        The post-fit checks and greeks compile data-independent graphs of the model's kernel (quotes
+        and parameters are inputs), so repeated fits (tracks, studies, benchmarks) reuse them.
+        """
+        key = (self.lookup_name, repr(sorted(self.settings.items())), purpose)
+        if key not in _COMPILED:
+            _COMPILED[key] = build()
+        return _COMPILED[key]
+
+    @property
     def _check_function(self) -> Any:
+        return self.compiled("kernel_check", self._build_check_function)
+
+    @property
+    def _grid_function(self) -> Any:
+        return self.compiled("grid", self._build_grid_function)
+
+    def _build_check_function(self) -> Any:
         k, tau, cp = (pt.tensor(n, shape=(1, None), dtype="float64") for n in ("k", "tau", "cp"))
         params = {n: pt.tensor(n, shape=(None, 1), dtype="float64") for n in self.kernel_inputs}
         out = self.kernel(k, tau, cp, **params)
-        return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore")
+        return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore", mode=compile_mode())
 
-    @cached_property
-    def _grid_function(self) -> Any:
+    def _build_grid_function(self) -> Any:
         k = pt.vector("k")
         cp = pt.vector("cp")
         tau = pt.scalar("tau")
         params = {n: pt.tensor(n, shape=(None, 1), dtype="float64") for n in self.kernel_inputs}
         out = self.kernel(k[None, :], tau, cp[None, :], **params)
-        return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore")
+        return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore", mode=compile_mode())
 
     def implied_vol_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float,
                             max_draws: int = GRID_MAX_DRAWS) -> np.ndarray:

@@ -34,7 +34,8 @@ class FitConfig:
     ----------
     method : str
         ``"nuts"`` (nutpie, default), or an approximation: ``"advi"``, ``"fullrank_advi"`` (PyMC),
-        ``"pathfinder"`` (pymc-extras), ``"map"`` (MAP + Laplace, pymc-extras ``fit_laplace``).
+        ``"pathfinder"`` (pymc-extras), ``"map"`` (MAP + Laplace: the Gaussian at the
+        unconstrained mode with the finite-difference Hessian of the exact gradient).
     chains, draws, tune : int
         Chains, kept draws per chain, and tuning draws per chain (NUTS). Approximate methods draw
         ``chains * draws`` samples in one chain.

@@ -62,6 +62,43 @@ def test_approximate_methods_share_the_layout(demo_quotes, svi_fit, method):
         assert result.fit_quality["rmse_vol_points"] < 1.0
 
 
+def test_laplace_is_exact_on_a_gaussian_posterior():
+    """Normal mean, known noise, normal prior: the posterior is Gaussian, so the Laplace fit is exact."""
+    import pymc as pm
+
+    from bayescal.inference import _fit_laplace
+    from bayescal.spec import FitConfig
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(1.3, 2.0, size=40)
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0.0, 5.0, shape=2)
+        pm.Normal("y", mu=mu[0] + 0.5 * mu[1], sigma=2.0, observed=y)
+        pm.Normal("z", mu=mu[1], sigma=1.0, observed=[0.4])
+    # conjugate posterior of (mu0, mu1): precision = prior + X'X / noise^2
+    X = np.vstack([np.tile([1.0, 0.5], (y.size, 1)), [0.0, 1.0]])
+    w = np.r_[np.full(y.size, 1 / 4.0), 1.0]
+    precision = np.eye(2) / 25.0 + (X * w[:, None]).T @ X
+    cov = np.linalg.inv(precision)
+    mean = cov @ (X * w[:, None]).T @ np.r_[y, 0.4]
+    tree = _fit_laplace(model, FitConfig(method="map", chains=1, draws=20000, random_seed=5), False)
+    draws = tree["posterior"]["mu"].to_numpy().reshape(-1, 2)
+    assert tree.attrs["fit_problems"] == []
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(draws.mean(0) - mean) < 4 * sd / np.sqrt(20000)), (draws.mean(0), mean)
+    assert np.all(np.abs(np.cov(draws.T) - cov) < 0.05 * np.outer(sd, sd)), (np.cov(draws.T), cov)
+
+
+def test_laplace_hessian_by_differences_of_the_gradient():
+    from bayescal.inference import _neg_log_density_hessian
+
+    a = np.array([[3.0, 1.2, 0.0], [1.2, 2.0, -0.4], [0.0, -0.4, 5.0]])
+    x = np.array([0.3, -2.0, 40.0])
+    # gradient of 0.5 x'Ax + sum(x^4)/4: Hessian A + diag(3 x^2)
+    hess = _neg_log_density_hessian(lambda v: a @ v + v**3, x)
+    np.testing.assert_allclose(hess, a + np.diag(3 * x**2), rtol=1e-8, atol=1e-6)  # round-off: eps |g| / h
+
+
 def test_loo_prefers_the_smile_over_a_flat_vol(svi_fit, flat_fit):
     table = compare_results({"svi": svi_fit, "black76": flat_fit})
     assert list(table.index) == ["svi", "black76"]
