@@ -146,7 +146,7 @@ def test_sabr_recovery_in_atm_vol_coordinates():
 
 
 def test_cli_calibrate_demo(tmp_path, capsys):
-    code = main(["calibrate", "--demo", "--out", str(tmp_path), "--chains", "2", "--draws", "200", "--tune", "300",
+    code = main(["calibrate", "--demo", "--out", str(tmp_path), "--chains", "2", "--draws", "500", "--tune", "500",
                  "--quiet"])
     out = capsys.readouterr().out
     assert code == 0

@@ -1,7 +1,7 @@
 """The notebooks are valid jupytext scripts without outputs and run end to end at CI size, so they cannot drift
 from the API.
 
-CI size: ``BAYESCAL_DRAWS=200`` (each notebook then uses 2 chains), the February track on its first
+CI size: ``BAYESCAL_DRAWS=400`` (each notebook then uses 2 chains), the February track on its first
 three days (``BAYESCAL_WINDOWS=3``: the third day gets the first carried prior when the second passes the
 gate) and the LOO comparison on Heston, Bates, SSVI and SVI (``BAYESCAL_LOO_MODELS``; a requested model
 that fails to fit fails the notebook). They run in this process (``runpy``) from ``notebooks/`` as the
@@ -21,7 +21,7 @@ from bayescal.results import CalibrationResult
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))
 EXPECTED = {"quickstart.py", "heston_bates_ssvi_loo.py", "feb2026_track.py", "prior_sensitivity.py"}
-CI_ENV = {"BAYESCAL_DRAWS": "200", "BAYESCAL_WINDOWS": "3", "BAYESCAL_LOO_MODELS": "heston,bates,ssvi,svi"}
+CI_ENV = {"BAYESCAL_DRAWS": "400", "BAYESCAL_WINDOWS": "3", "BAYESCAL_LOO_MODELS": "heston,bates,ssvi,svi"}
 
 
 def test_expected_notebooks_exist():
