@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     trk.add_argument("--drift", type=float, default=0.05,
                      help="random-walk sd per sqrt(day) in unconstrained units (default 0.05)")
     trk.add_argument("--student-t", type=float, default=0.0, help="degrees of freedom of a Student-t joint prior")
+    trk.add_argument("--level-shift-max", type=float, default=0.05,
+                     help="flag a regime change when the 1-month-and-longer ATM vols move by more than this mean "
+                          "log change per sqrt(day) (default 0.05; 0 = off)")
     trk.add_argument("--warm-tune", type=int, default=300,
                      help="warm start: tuning draws of a window whose prior is the previous posterior, chains "
                           "started at its means (default 300; 0 = cold start with the spec's tune)")
@@ -173,7 +176,7 @@ def _track(args: argparse.Namespace) -> int:
         files.extend(sorted(path.glob("*.csv")) if path.is_dir() else [path])
     spec = load_spec(args.spec or args.model).with_fit(draws=args.draws, tune=args.tune, chains=args.n_chains)
     settings = UpdateSettings(inflation=args.inflation, drift_sd_per_day=args.drift, student_t_nu=args.student_t,
-                              warm_tune=args.warm_tune)
+                              warm_tune=args.warm_tune, level_shift_max=args.level_shift_max)
     tree = run_track(files, spec, args.out, underlying=args.underlying, settings=settings)
     figure = write_track_figure(tree, Path(args.out) / "track.png")
     ds = tree.to_dataset()

@@ -24,7 +24,7 @@ from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM
 from bayescal.diagnostics import approximate_gate, convergence_gate, fit_quality
 from bayescal.errors import CalibrationError, QuoteValidationError
 from bayescal.market.filters import filter_quotes, used_quotes
-from bayescal.pricing_models import get_pricing_model
+from bayescal.pricing_models import expiry_tau, get_pricing_model
 from bayescal.results import CalibrationResult
 from bayescal.spec import CalibrationSpec, FitConfig
 
@@ -69,7 +69,7 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
     idx = used["expiry_idx"].to_numpy()
     tau = used["tau"].to_numpy()
     n_expiry = int(idx.max()) + 1
-    tau_expiry = np.array([tau[idx == e][0] for e in range(n_expiry)])
+    tau_expiry = expiry_tau(used)
     spread_in_tau = np.array([np.ptp(tau[idx == e]) for e in range(n_expiry)])
     if np.any(spread_in_tau > 1.0 / (365 * 86400)):
         raise QuoteValidationError(f"quotes of one expiry disagree on tau by up to {spread_in_tau.max():.3g} years")

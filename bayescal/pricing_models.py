@@ -451,19 +451,34 @@ class MertonSurface(PricingModel):
         return merton_norm_price(k, tau, volatility, jump_intensity, jump_log_mean, jump_log_stdev, cp)
 
 
-def atm_total_variance(quotes: xr.Dataset) -> np.ndarray:
-    """Market at-the-money total variance ``iv**2 tau`` per expiry, shape (n_expiry,).
+def expiry_tau(quotes: xr.Dataset) -> np.ndarray:
+    """Time to expiry (years) per expiry of used quotes, shape (n_expiry,), in ``expiry_idx`` order."""
+    idx, tau = quotes["expiry_idx"].to_numpy(), quotes["tau"].to_numpy()
+    return np.array([tau[np.flatnonzero(idx == e)[0]] for e in range(int(idx.max()) + 1)])
 
-    :func:`bayescal.market.filters.near_money_iv` squared times tau; used only to place quadrature
-    nodes (:func:`bayescal.kernels.surface.lewis_nodes`), never as an observation.
+
+def market_atm_iv(quotes: xr.Dataset) -> np.ndarray:
+    """Market at-the-money implied vol per expiry of used quotes, shape (n_expiry,), in ``expiry_idx`` order.
+
+    :func:`bayescal.market.filters.near_money_iv` of each expiry's quotes; used to place quadrature
+    nodes and by the sequential level-shift check, never as an observation.
     """
     idx = quotes["expiry_idx"].to_numpy()
-    k, iv, tau = (quotes[n].to_numpy() for n in ("k", "mid_iv", "tau"))
+    k, iv = quotes["k"].to_numpy(), quotes["mid_iv"].to_numpy()
     out = np.empty(int(idx.max()) + 1)
     for e in range(out.size):
         rows = np.flatnonzero(idx == e)
-        out[e] = near_money_iv(k[rows], iv[rows]) ** 2 * tau[rows[0]]
+        out[e] = near_money_iv(k[rows], iv[rows])
     return out
+
+
+def atm_total_variance(quotes: xr.Dataset) -> np.ndarray:
+    """Market at-the-money total variance ``iv**2 tau`` per expiry, shape (n_expiry,).
+
+    :func:`market_atm_iv` squared times tau; used only to place quadrature nodes
+    (:func:`bayescal.kernels.surface.lewis_nodes`), never as an observation.
+    """
+    return market_atm_iv(quotes) ** 2 * expiry_tau(quotes)
 
 
 class HestonSurface(PricingModel):

@@ -465,7 +465,8 @@ def track_report_data(run_dir: str | Path) -> dict[str, Any]:
         ``tree`` (the track DataTree), ``parameters`` (carried parameter names), ``settings`` (update
         settings, or empty), ``spec_id``, ``n_windows``, ``n_conflicts``, ``n_failed``, ``statuses``
         (count per gate status), ``windows`` (one dict per window: ``index``, ``valuation_time``,
-        ``file``, ``status``, ``conflict``, ``conflict_d2``, ``prior_used``, ``fit_seconds``, ``params``
+        ``file``, ``status``, ``conflict``, ``conflict_d2``, ``level_shift``, ``prior_used``, ``fit_seconds``,
+        ``params``
         (name to ``mean``, ``q03``, ``q97``) and, when its result file exists, ``result_file``,
         ``max_rhat``, ``min_ess_bulk``, ``divergences``, ``rmse`` (vol points), ``arbitrage_free_share``,
         ``approximate``) and ``latest`` (the last window's :class:`CalibrationResult`, or ``None``).
@@ -493,6 +494,7 @@ def track_report_data(run_dir: str | Path) -> dict[str, Any]:
             "index": i, "valuation_time": str(w["valuation_time"].to_numpy())[:19],
             "file": Path(str(w["file"].to_numpy())).name, "status": str(w["status"].to_numpy()),
             "conflict": bool(w["conflict"].to_numpy()), "conflict_d2": float(w["conflict_d2"].to_numpy()),
+            "level_shift": float(w["level_shift"].to_numpy()) if "level_shift" in w else float("nan"),
             "prior_used": str(w["prior_used"].to_numpy()), "fit_seconds": float(w["fit_seconds"].to_numpy()),
             "params": {n: {s: float(w[f"{n}_{s}"].to_numpy()) for s in ("mean", "q03", "q97")} for n in names},
         }
@@ -524,7 +526,7 @@ def write_track_report(run_dir: str | Path) -> dict[str, Path]:
 
     The report shows every carried parameter's posterior mean with 50% and 94% bands over the
     windows (conflict flags and failed gates marked), a table per window (gate status, conflict
-    flag and Mahalanobis d2, prior used, diagnostics and fit quality of the window's result) and
+    flag, Mahalanobis d2 and ATM level shift, prior used, diagnostics and fit quality of the window's result) and
     the latest window's smiles. Files are written atomically.
 
     Parameters

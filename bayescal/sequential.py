@@ -8,10 +8,17 @@ prior set's marginals. Between windows the covariance is inflated (forgetting fa
 random-walk drift is added in proportion to the time elapsed; a floor keeps every marginal at least a
 given fraction of the base prior's spread, so the prior never collapses.
 
-Conflict check (per window): the Mahalanobis distance of the new posterior mean from the prior
-mean under the prior covariance, ``d2 = (m - mu)' Sigma^-1 (m - mu)``, referred to a chi-square with
-``dim`` degrees of freedom. A tail probability below ``1 - conflict_quantile`` flags a regime change:
-the window is refitted with the base (wide) prior and the result records it. A window whose fit
+Conflict checks (per window), either of which flags a regime change:
+
+- the Mahalanobis distance of the new posterior mean from the prior mean under the prior covariance,
+  ``d2 = (m - mu)' Sigma^-1 (m - mu)``, referred to a chi-square with ``dim`` degrees of freedom (a
+  tail probability below ``1 - conflict_quantile`` flags); it sees what the carried parameters see;
+- the market level shift: the mean log change of the at-the-money implied vol at constant maturity
+  (expiries of at least :data:`LEVEL_MIN_TAU`) since the previous window, flagged beyond
+  ``level_shift_max * sqrt(max(days, 1))``. Models whose levels are per-expiry parameters (SSVI's ATM
+  variances) carry no level, so the first check cannot see a vol shock there; this one is model-free.
+
+On a flag the window is refitted with the base (wide) prior and the result records it. A window whose fit
 fails the convergence gate never passes its posterior on: the previous prior is carried forward,
 inflated. :func:`run_track` persists its state atomically after every window and resumes without
 refitting finished windows.
@@ -33,7 +40,8 @@ from scipy import stats
 from bayescal.atomic import atomic_path, write_text_atomic
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import CalibrationError, SpecError
-from bayescal.pricing_models import get_pricing_model
+from bayescal.market.filters import used_quotes
+from bayescal.pricing_models import expiry_tau, get_pricing_model, market_atm_iv
 from bayescal.priors import JointPrior, PriorSet, to_unconstrained, unconstrained_transform
 from bayescal.results import CalibrationResult
 
@@ -58,6 +66,11 @@ class UpdateSettings:
         Each marginal sd is at least this fraction of the base prior's sd (unconstrained space).
     conflict_quantile : float
         Chi-square quantile above which a window is flagged as a regime change.
+    level_shift_max : float
+        Largest mean log change of the ATM vol (constant maturity, expiries >= :data:`LEVEL_MIN_TAU`)
+        per square-root day not flagged as a regime change; ``0`` = off. The default 0.05 (a 5%
+        relative move of the 1-month-and-longer ATM vols in one day) lies above every calm day of the
+        Feb-2026 BTC series (at most 0.042) and below the shock days (0.063-0.093).
     warm_tune : int
         Warm start: a window whose prior is the previous posterior tunes NUTS for at most this many
         draws per chain (instead of the spec's ``tune``), starting every chain at the previous
@@ -72,14 +85,16 @@ class UpdateSettings:
     student_t_nu: float = 0.0
     floor_fraction: float = 0.05
     conflict_quantile: float = 0.999
+    level_shift_max: float = 0.05
     warm_tune: int = 300
 
     def __post_init__(self) -> None:
         problems = []
         if self.inflation < 1:
             problems.append(f"inflation must be >= 1 (got {self.inflation})")
-        if self.drift_sd_per_day < 0 or self.floor_fraction < 0 or self.student_t_nu < 0 or self.warm_tune < 0:
-            problems.append("drift_sd_per_day, floor_fraction, student_t_nu and warm_tune must be >= 0")
+        if min(self.drift_sd_per_day, self.floor_fraction, self.student_t_nu, self.warm_tune, self.level_shift_max) < 0:
+            problems.append("drift_sd_per_day, floor_fraction, student_t_nu, warm_tune and level_shift_max "
+                            "must be >= 0")
         if not 0 < self.conflict_quantile < 1:
             problems.append(f"conflict_quantile must be in (0, 1) (got {self.conflict_quantile})")
         if problems:
@@ -219,6 +234,61 @@ def conflict_check(result: CalibrationResult, prior: PriorSet, quantile: float) 
     return {"d2": d2, "dof": len(diff), "tail_probability": tail, "flagged": tail < 1 - quantile}
 
 
+#: Shortest expiry (years) in the level-shift check: short-dated ATM vols jump over weekends and events.
+LEVEL_MIN_TAU = 30 / 365
+
+
+def atm_term_structure(quotes: xr.Dataset) -> dict[str, list[float]]:
+    """Market ATM implied vol per expiry of a window's used quotes (JSON-ready).
+
+    Parameters
+    ----------
+    quotes : xarray.Dataset
+        Filtered quotes with their statuses (``CalibrationResult.quotes``); the ``OK`` ones are used.
+
+    Returns
+    -------
+    dict
+        ``tau`` (years, increasing) and ``atm_iv`` (decimal,
+        :func:`bayescal.pricing_models.market_atm_iv`), lists of equal length.
+    """
+    used = used_quotes(quotes)
+    return {"tau": [float(t) for t in expiry_tau(used)], "atm_iv": [float(v) for v in market_atm_iv(used)]}
+
+
+def level_shift(previous: dict[str, list[float]], current: dict[str, list[float]], days: float,
+                threshold: float) -> dict[str, Any]:
+    """Mean log change of the market ATM vol at constant maturity between two windows.
+
+    The previous window's ATM total variance ``iv**2 tau`` is interpolated linearly in ``tau`` to each
+    current expiry of at least :data:`LEVEL_MIN_TAU` inside its maturity range (no extrapolation);
+    the statistic is the mean over those expiries of ``ln(iv_now / iv_before)``.
+
+    Parameters
+    ----------
+    previous, current : dict
+        :func:`atm_term_structure` of the two windows.
+    days : float
+        Days between the windows.
+    threshold : float
+        ``level_shift_max``: flagged when ``|shift| > threshold * sqrt(max(days, 1))``; 0 = never.
+
+    Returns
+    -------
+    dict
+        ``shift`` (NaN when no expiry qualifies), ``n_expiries`` and ``flagged``.
+    """
+    t_prev, iv_prev = np.asarray(previous["tau"]), np.asarray(previous["atm_iv"])
+    t_now, iv_now = np.asarray(current["tau"]), np.asarray(current["atm_iv"])
+    keep = (t_now >= LEVEL_MIN_TAU) & (t_now >= t_prev[0]) & (t_now <= t_prev[-1])
+    if not keep.any():
+        return {"shift": float("nan"), "n_expiries": 0, "flagged": False}
+    w_before = np.interp(t_now[keep], t_prev, iv_prev**2 * t_prev)
+    shift = float(np.mean(np.log(iv_now[keep] / np.sqrt(w_before / t_now[keep]))))
+    flagged = threshold > 0 and abs(shift) > threshold * np.sqrt(max(days, 1.0))
+    return {"shift": shift, "n_expiries": int(keep.sum()), "flagged": bool(flagged)}
+
+
 # --- tracking over windows ---------------------------------------------------------------------------
 
 def _prior_from_dict(raw: dict[str, Any], base: PriorSet) -> PriorSet:
@@ -267,8 +337,9 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
     -------
     xarray.DataTree
         Root dataset over dimension ``window``: ``valuation_time``, per carried parameter
-        ``<name>_mean, _sd, _q03, _q25, _q75, _q97``, ``status``, ``conflict``, ``conflict_d2``,
-        ``prior_used``, ``fit_seconds``, ``warm_start``.
+        ``<name>_mean, _sd, _q03, _q25, _q75, _q97``, ``status``, ``conflict`` (either check flagged
+        and the window was refitted on the base prior), ``conflict_d2``, ``level_shift`` (NaN in the
+        first window), ``level_flagged``, ``prior_used``, ``fit_seconds``, ``warm_start``.
 
     Raises
     ------
@@ -315,10 +386,18 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
         initvals = state.get("next_initvals") if warm else None
         result = fit(window_spec, quotes, progressbar=progressbar, initvals=initvals, arbitrage_check=arbitrage_check)
         conflict = conflict_check(result, prior, settings.conflict_quantile)
+        atm = atm_term_structure(result.quotes)
+        level = {"shift": float("nan"), "flagged": False}
+        if state["windows"]:
+            before = state["windows"][-1]
+            gap = np.datetime64(quotes.attrs["valuation_time"][:19]) - np.datetime64(before["valuation_time"][:19])
+            if "atm" in before:
+                level = level_shift(before["atm"], atm, float(gap / np.timedelta64(1, "D")), settings.level_shift_max)
         prior_used = "joint (previous posterior)" if prior.joint is not None else "base"
-        if conflict["flagged"]:
+        flagged = conflict["flagged"] or (level["flagged"] and prior.joint is not None)
+        if flagged:
             result = fit(spec, quotes, progressbar=progressbar, arbitrage_check=arbitrage_check)
-            prior_used = "base (conflict fallback)"
+            prior_used = "base (conflict fallback)" if conflict["flagged"] else "base (level-shift fallback)"
             warm = False
         seconds = time.perf_counter() - t0
         status = result.convergence["status"]
@@ -342,13 +421,15 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
                           "q25": float(q[1]), "q75": float(q[2]), "q97": float(q[3])}
         state["windows"].append({
             "file": path, "valuation_time": quotes.attrs["valuation_time"], "status": status,
-            "conflict": bool(conflict["flagged"]), "conflict_d2": conflict["d2"], "prior_used": prior_used,
-            "fit_seconds": seconds, "warm_start": warm, "result": window_file.name, "summary": summary,
+            "conflict": bool(flagged), "conflict_d2": conflict["d2"], "level_shift": level["shift"],
+            "level_flagged": bool(level["flagged"]), "prior_used": prior_used, "fit_seconds": seconds,
+            "warm_start": warm, "result": window_file.name, "summary": summary, "atm": atm,
         })
         state["next_prior"] = next_prior.to_dict()
         state["next_initvals"] = {} if status == "fail" else _warm_start_values(post)
         write_text_atomic(state_path, json.dumps(state, indent=1))
-        flag = f", CONFLICT d2={conflict['d2']:.1f}" if conflict["flagged"] else ""
+        flag = (f", CONFLICT d2={conflict['d2']:.1f}, ATM level shift {level['shift']:+.3f}"
+                if flagged else f", ATM level shift {level['shift']:+.3f}")
         log(f"track: window {i + 1}/{len(order)} {quotes.attrs['valuation_time']}: {status}, prior {prior_used}"
             f"{flag}, {'warm' if warm else 'cold'} start, {seconds:.1f} s")
     tree = track_tree(state, names)
@@ -365,6 +446,8 @@ def track_tree(state: dict[str, Any], names: list[str]) -> xr.DataTree:
         "status": ("window", np.array([w["status"] for w in windows])),
         "conflict": ("window", np.array([w["conflict"] for w in windows])),
         "conflict_d2": ("window", np.array([w["conflict_d2"] for w in windows], float)),
+        "level_shift": ("window", np.array([w.get("level_shift", np.nan) for w in windows], float)),
+        "level_flagged": ("window", np.array([w.get("level_flagged", False) for w in windows], bool)),
         "prior_used": ("window", np.array([w["prior_used"] for w in windows])),
         "fit_seconds": ("window", np.array([w["fit_seconds"] for w in windows], float)),
         "warm_start": ("window", np.array([w.get("warm_start", False) for w in windows], bool)),

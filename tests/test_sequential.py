@@ -129,6 +129,52 @@ def test_warm_start_values_match_the_next_windows_variables():
     np.testing.assert_allclose(start["sigma_obs"], [0.03, 0.04, 0.03, 0.03, 0.03])
 
 
+def test_level_shift_at_constant_maturity():
+    """Mean log ATM-vol change against the previous window's total variance interpolated in tau; short
+    expiries (< 30 days) and maturities outside the previous range are left out; threshold per sqrt(day)."""
+    from bayescal.sequential import level_shift
+
+    before = {"tau": [0.05, 0.1, 1.0], "atm_iv": [0.9, 0.4, 0.6]}
+    w_055 = np.interp(0.55, [0.1, 1.0], [0.4**2 * 0.1, 0.6**2 * 1.0])
+    now = {"tau": [0.02, 0.55, 2.0], "atm_iv": [2.0, 1.1 * np.sqrt(w_055 / 0.55), 0.1]}
+    out = level_shift(before, now, days=1.0, threshold=0.05)
+    assert out["n_expiries"] == 1 and out["flagged"]
+    assert out["shift"] == pytest.approx(np.log(1.1), abs=1e-12)
+    assert not level_shift(before, now, days=4.0, threshold=0.05)["flagged"]  # 0.0953 < 0.05 * 2
+    assert level_shift(before, now, days=0.1, threshold=0.05)["flagged"]  # threshold floored at one day
+    assert not level_shift(before, now, days=1.0, threshold=0.0)["flagged"]  # 0 = off
+    none = level_shift(before, {"tau": [0.02], "atm_iv": [0.5]}, days=1.0, threshold=0.05)
+    assert none["n_expiries"] == 0 and np.isnan(none["shift"]) and not none["flagged"]
+
+
+def test_level_shift_flags_the_feb_2026_btc_shock(shared_data):
+    """The default threshold (0.05 per sqrt day) flags Feb 5, 6 and 7 of the BTC daily series (ATM vol
+    jumped ~0.52 -> ~0.72 and fell back) and none of the calm days."""
+    from conftest import DAILY
+
+    from bayescal.market import read_chain
+    from bayescal.market.filters import filter_quotes
+    from bayescal.sequential import atm_term_structure, level_shift
+    from bayescal.spec import load_spec
+
+    spec = load_spec("ssvi")
+    files = sorted(DAILY.glob("*.csv"))
+    flagged, shifts = [], []
+    previous = None
+    for f in files:
+        quotes = read_chain(f, underlying="BTC")
+        atm = atm_term_structure(filter_quotes(quotes, spec.filters))
+        assert np.all(np.diff(atm["tau"]) > 0) and len(atm["tau"]) == len(atm["atm_iv"])
+        if previous is not None:
+            out = level_shift(previous, atm, days=1.0, threshold=UpdateSettings().level_shift_max)
+            shifts.append(out["shift"])
+            if out["flagged"]:
+                flagged.append(quotes.attrs["valuation_time"][:10])
+        previous = atm
+    assert flagged == ["2026-02-05", "2026-02-06", "2026-02-07"], (flagged, np.round(shifts, 3))
+    assert shifts[3] > 0 and shifts[4] > 0 and shifts[5] < 0  # up into the shock, down after it
+
+
 def test_state_file_is_json(tmp_path):
     """The state writer leaves either the old or the new complete file (rename is atomic)."""
     from bayescal.atomic import write_text_atomic  # what bayescal.sequential writes the state file with
@@ -175,7 +221,7 @@ def test_track_resumes_after_sigkill(tmp_path, shared_data):
     assert [w["file"] for w in windows] == files  # each window once, in valuation-time order
     assert windows[: len(done_before)] == done_before  # finished windows were not refitted
     # a window that passed the gate hands its posterior on; a failed one carries the old prior forward
-    expected = ("joint", "base (conflict") if windows[0]["status"] != "fail" else ("base",)
+    expected = ("joint", "base (conflict", "base (level-shift") if windows[0]["status"] != "fail" else ("base",)
     assert windows[1]["prior_used"].startswith(expected), windows[1]["prior_used"]
     # warm start (default warm_tune) exactly where the window ran on the previous posterior
     assert [w["warm_start"] for w in windows] == [w["prior_used"].startswith("joint") for w in windows]
