@@ -428,8 +428,9 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
         state["next_prior"] = next_prior.to_dict()
         state["next_initvals"] = {} if status == "fail" else _warm_start_values(post)
         write_text_atomic(state_path, json.dumps(state, indent=1))
-        flag = (f", CONFLICT d2={conflict['d2']:.1f}, ATM level shift {level['shift']:+.3f}"
-                if flagged else f", ATM level shift {level['shift']:+.3f}")
+        flag = f", d2 {conflict['d2']:.1f}, ATM level shift {level['shift']:+.3f}"
+        if flagged:
+            flag = ", CONFLICT" + flag
         log(f"track: window {i + 1}/{len(order)} {quotes.attrs['valuation_time']}: {status}, prior {prior_used}"
             f"{flag}, {'warm' if warm else 'cold'} start, {seconds:.1f} s")
     tree = track_tree(state, names)
