@@ -44,7 +44,7 @@ def test_registry_has_the_models():
         get_pricing_model("svi", beta=0.5)
 
 
-@pytest.mark.parametrize("method", ["map", "advi"])
+@pytest.mark.parametrize("method", ["map", "advi", "pathfinder"])
 def test_approximate_methods_share_the_layout(demo_quotes, svi_fit, method):
     result = fit(load_spec("svi").with_fit(method=method, chains=1, draws=300, advi_iterations=3000),
                  demo_quotes, progressbar=False)
@@ -54,8 +54,8 @@ def test_approximate_methods_share_the_layout(demo_quotes, svi_fit, method):
         assert group in result.idata.children, group
     assert set(result.posterior.data_vars) == set(svi_fit.posterior.data_vars)
     assert result.idata["observed_data"]["iv_obs"].equals(svi_fit.idata["observed_data"]["iv_obs"])
-    # the MAP + Laplace smile lies close to the NUTS posterior mean on this well-identified chain
-    if method == "map":
+    # the MAP + Laplace and Pathfinder smiles lie close to the NUTS posterior mean on this well-identified chain
+    if method in ("map", "pathfinder"):
         nuts_mean = svi_fit.posterior["iv_model"].mean(("chain", "draw"))
         map_mean = result.posterior["iv_model"].mean(("chain", "draw"))
         assert float(np.abs(nuts_mean - map_mean).max()) < 0.01
