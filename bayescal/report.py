@@ -465,9 +465,9 @@ def track_report_data(run_dir: str | Path) -> dict[str, Any]:
         ``tree`` (the track DataTree), ``parameters`` (carried parameter names), ``settings`` (update
         settings, or empty), ``spec_id``, ``n_windows``, ``n_conflicts``, ``n_failed``, ``statuses``
         (count per gate status), ``windows`` (one dict per window: ``index``, ``valuation_time``,
-        ``file``, ``status``, ``conflict``, ``conflict_d2``, ``level_shift``, ``prior_used``, ``fit_seconds``,
-        ``params``
-        (name to ``mean``, ``q03``, ``q97``) and, when its result file exists, ``result_file``,
+        ``file``, ``status``, ``conflict``, ``conflict_d2``, ``level_shift``, ``prior_used``,
+        ``fit_seconds``, ``params`` (name to ``mean``, ``q03``, ``q97``) and, when its result file
+        exists, ``result_file``,
         ``max_rhat``, ``min_ess_bulk``, ``divergences``, ``rmse`` (vol points), ``arbitrage_free_share``,
         ``approximate``) and ``latest`` (the last window's :class:`CalibrationResult`, or ``None``).
 
@@ -526,8 +526,8 @@ def write_track_report(run_dir: str | Path) -> dict[str, Path]:
 
     The report shows every carried parameter's posterior mean with 50% and 94% bands over the
     windows (conflict flags and failed gates marked), a table per window (gate status, conflict
-    flag, Mahalanobis d2 and ATM level shift, prior used, diagnostics and fit quality of the window's result) and
-    the latest window's smiles. Files are written atomically.
+    flag, Mahalanobis d2 and ATM level shift, prior used, diagnostics and fit quality of the window's
+    result) and the latest window's smiles. Files are written atomically.
 
     Parameters
     ----------

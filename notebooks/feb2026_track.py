@@ -17,8 +17,10 @@
 # in valuation-time order. The surface parameters of SSVI (`rho`, `eta`, `gamma`) are carried from
 # one day to the next: each posterior, moment-matched in unconstrained space, inflated and widened by a
 # random-walk drift, becomes the next day's joint prior. A day whose posterior lands far outside its
-# prior (chi-square conflict check) is flagged and refitted on the wide base prior; a day that fails
-# the convergence gate passes nothing on.
+# prior (chi-square conflict check), or whose 1-month-and-longer ATM vols moved by more than 5% from the
+# day before (ATM level-shift check: SSVI's levels are per-expiry and not carried, so only this check
+# sees a vol shock), is flagged and refitted on the wide base prior; a day that fails the convergence
+# gate passes nothing on. With every day fitted, Feb 5, 6 and 7 are flagged.
 #
 # Environment: `BAYESCAL_DRAWS` (draws per chain; CI runs it small), `BAYESCAL_WINDOWS` (number of
 # days to fit, from the first; default every file), `BAYESCAL_OUT` (output folder; default a new
@@ -72,9 +74,9 @@ for name in ("rho", "eta", "gamma"):
 # %% Conflicts: days whose data disagree with the carried prior
 flagged = ds["conflict"].to_numpy().astype(bool)
 print(f"conflicts flagged: {int(flagged.sum())} of {ds.sizes['window']} days")
-for t, d2, prior in zip(ds["valuation_time"].to_numpy(), ds["conflict_d2"].to_numpy(), ds["prior_used"].to_numpy(),
-                        strict=True):
-    print(f"  {str(t)[:16]}  d2 {d2:7.2f}  prior: {prior}")
+for t, d2, shift, prior in zip(ds["valuation_time"].to_numpy(), ds["conflict_d2"].to_numpy(),
+                               ds["level_shift"].to_numpy(), ds["prior_used"].to_numpy(), strict=True):
+    print(f"  {str(t)[:16]}  d2 {d2:7.2f}  ATM level shift {shift:+.3f}  prior: {prior}")
 
 # %% The track report: parameter bands over time, conflict flags, per-day diagnostics (self-contained HTML)
 paths = write_track_report(out)
