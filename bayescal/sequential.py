@@ -296,6 +296,11 @@ def _prior_from_dict(raw: dict[str, Any], base: PriorSet) -> PriorSet:
     return replace(base, name=raw.get("name", base.name), joint=joint)
 
 
+def _days_between(earlier: str, later: str) -> float:
+    """Days from one ISO valuation time to another (to the second; time zone suffixes ignored)."""
+    return float((np.datetime64(later[:19]) - np.datetime64(earlier[:19])) / np.timedelta64(1, "D"))
+
+
 def _warm_start_values(posterior: xr.Dataset) -> dict[str, Any]:
     """Posterior means of the scalar and per-expiry variables (``{expiry label: mean}``), JSON-ready;
     :func:`bayescal.inference.fit` keeps those that are free variables of the next window's model."""
@@ -388,11 +393,10 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
         conflict = conflict_check(result, prior, settings.conflict_quantile)
         atm = atm_term_structure(result.quotes)
         level = {"shift": float("nan"), "flagged": False}
-        if state["windows"]:
+        if state["windows"]:  # a state written without level_shift_max is refused above, so "atm" is there
             before = state["windows"][-1]
-            gap = np.datetime64(quotes.attrs["valuation_time"][:19]) - np.datetime64(before["valuation_time"][:19])
-            if "atm" in before:
-                level = level_shift(before["atm"], atm, float(gap / np.timedelta64(1, "D")), settings.level_shift_max)
+            days_since = _days_between(before["valuation_time"], quotes.attrs["valuation_time"])
+            level = level_shift(before["atm"], atm, days_since, settings.level_shift_max)
         prior_used = "joint (previous posterior)" if prior.joint is not None else "base"
         flagged = conflict["flagged"] or (level["flagged"] and prior.joint is not None)
         if flagged:
@@ -402,8 +406,7 @@ def run_track(files: list[Path | xr.Dataset], spec, out_dir: str | Path, *, unde
         seconds = time.perf_counter() - t0
         status = result.convergence["status"]
         if i + 1 < len(order):
-            t_next = np.datetime64(quotes_by_file[order[i + 1]].attrs["valuation_time"][:19])
-            days = float((t_next - np.datetime64(quotes.attrs["valuation_time"][:19])) / np.timedelta64(1, "D"))
+            days = _days_between(quotes.attrs["valuation_time"], quotes_by_file[order[i + 1]].attrs["valuation_time"])
         else:
             days = 0.0
         if status == "fail":
@@ -447,8 +450,8 @@ def track_tree(state: dict[str, Any], names: list[str]) -> xr.DataTree:
         "status": ("window", np.array([w["status"] for w in windows])),
         "conflict": ("window", np.array([w["conflict"] for w in windows])),
         "conflict_d2": ("window", np.array([w["conflict_d2"] for w in windows], float)),
-        "level_shift": ("window", np.array([w.get("level_shift", np.nan) for w in windows], float)),
-        "level_flagged": ("window", np.array([w.get("level_flagged", False) for w in windows], bool)),
+        "level_shift": ("window", np.array([w["level_shift"] for w in windows], float)),
+        "level_flagged": ("window", np.array([w["level_flagged"] for w in windows], bool)),
         "prior_used": ("window", np.array([w["prior_used"] for w in windows])),
         "fit_seconds": ("window", np.array([w["fit_seconds"] for w in windows], float)),
         "warm_start": ("window", np.array([w.get("warm_start", False) for w in windows], bool)),
