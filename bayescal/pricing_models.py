@@ -61,7 +61,8 @@ class PricingModel(ABC):
     per_expiry : frozenset of str
         Sampled parameters that have one value per expiry (dimension ``expiry``).
     supports : dict of str to str
-        Support of each sampled parameter (``positive``, ``real``, ``correlation``, ``unit``).
+        Support of each sampled parameter (``positive``, ``real``, ``correlation`` and ``signed_unit``
+        for (-1, 1), ``unit`` for (0, 1)).
     kernel_inputs : tuple of str
         Names of the (sampled or deterministic) variables the kernel takes, stored in the
         posterior as ``<lookup_name>_<name>``.
@@ -134,6 +135,23 @@ class PricingModel(ABC):
     def kernel(self, k: pt.TensorVariable, tau: pt.TensorVariable, cp: pt.TensorVariable,
                **inputs: pt.TensorVariable) -> pt.TensorVariable:
         """Model output (IV or normalised price) per quote from per-quote kernel inputs."""
+
+    def input_values(self, parameters: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Kernel-input values (numpy) from sampled-parameter values, for simulating chains from a truth.
+
+        The default serves models whose kernel inputs are sampled parameters; models with derived
+        inputs that do not depend on the expiries (:class:`LognormalJumps`) override it.
+
+        Raises
+        ------
+        SpecError
+            If a kernel input is not a parameter and the model has no map to it.
+        """
+        missing = sorted(set(self.kernel_inputs) - set(parameters))
+        if missing:
+            raise SpecError(f"model {self.lookup_name!r}: kernel input(s) {missing} are not sampled parameters "
+                            f"and the model has no map from {sorted(parameters)} to them")
+        return {n: parameters[n] for n in self.kernel_inputs}
 
     # --- shared machinery ----------------------------------------------------------------------------
     def name(self, parameter: str) -> str:
@@ -426,26 +444,91 @@ class SabrPerExpiry(PricingModel):
         return sabr_lognormal_vol(1.0, pt.exp(k), tau, alpha, float(self.settings["beta"]), rho, nu)
 
 
-class MertonSurface(PricingModel):
+#: Sampled jump parameters of the lognormal-jump models (Merton, Bates) and their supports.
+JUMP_PARAMETERS = ("jump_intensity", "jump_variance_rate", "jump_mean_ratio")
+JUMP_SUPPORTS: dict[str, str] = {"jump_intensity": "positive", "jump_variance_rate": "positive",
+                                 "jump_mean_ratio": "signed_unit"}
+#: Kernel inputs of the jumps: intensity (per year), mean and standard deviation of the log jump size.
+JUMP_KERNEL_INPUTS = ("jump_intensity", "jump_log_mean", "jump_log_stdev")
+
+
+def lognormal_jump_sizes(jump_intensity, jump_variance_rate, jump_mean_ratio):
+    """Mean and standard deviation of the log jump size from the sampled jump parameters.
+
+    ``jump_variance_rate = lambda (mu_J**2 + sigma_J**2)`` is the variance the jumps add to the log
+    forward per year (the second cumulant rate of the compound Poisson part, e.g. Cont & Tankov 2004,
+    Proposition 3.13) and ``jump_mean_ratio = mu_J / sqrt(mu_J**2 + sigma_J**2)`` in (-1, 1) the
+    direction of the jumps, so that with ``s = sqrt(jump_variance_rate / lambda)``::
+
+        mu_J = jump_mean_ratio s,   sigma_J = sqrt((1 - jump_mean_ratio) (1 + jump_mean_ratio)) s
+
+    Works on numpy arrays and PyTensor variables alike (operators only).
+
+    Parameters
+    ----------
+    jump_intensity : array_like or TensorVariable
+        ``lambda`` > 0, jumps per year.
+    jump_variance_rate : array_like or TensorVariable
+        > 0, per year.
+    jump_mean_ratio : array_like or TensorVariable
+        In [-1, 1].
+
+    Returns
+    -------
+    tuple
+        ``(jump_log_mean, jump_log_stdev)``, broadcast shapes of the inputs.
+
+    Notes
+    -----
+    Why these coordinates: quotes pin the jump variance rate (0.59 +- 0.04 in a Bates recovery fit)
+    while the intensity ranges over 7-27 along a curved ridge of fewer large against many small jumps
+    in ``(lambda, mu_J, sigma_J)``. Here that ridge lies along ``lambda`` alone.
+    """
+    size = (jump_variance_rate / jump_intensity) ** 0.5
+    return jump_mean_ratio * size, ((1.0 - jump_mean_ratio) * (1.0 + jump_mean_ratio)) ** 0.5 * size
+
+
+class LognormalJumps:
+    """Mixin for models with compound Poisson lognormal jumps sampled as :data:`JUMP_PARAMETERS`.
+
+    Adds the kernel inputs ``jump_log_mean`` and ``jump_log_stdev`` (stored as deterministics) to the
+    sampled parameters, see :func:`lognormal_jump_sizes`.
+    """
+
+    def sample_parameters(self, priors: PriorSet) -> dict[str, pt.TensorVariable]:  # noqa: D102 (base)
+        p = super().sample_parameters(priors)  # type: ignore[misc]
+        mean, stdev = lognormal_jump_sizes(*(p[n] for n in JUMP_PARAMETERS))
+        return {**p, "jump_log_mean": self.deterministic("jump_log_mean", mean, per_expiry=False),  # type: ignore[attr-defined]
+                "jump_log_stdev": self.deterministic("jump_log_stdev", stdev, per_expiry=False)}  # type: ignore[attr-defined]
+
+    def input_values(self, parameters: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # noqa: D102 (base)
+        mean, stdev = lognormal_jump_sizes(*(np.asarray(parameters[n], float) for n in JUMP_PARAMETERS))
+        out = {**parameters, "jump_log_mean": mean, "jump_log_stdev": stdev}
+        return {n: out[n] for n in self.kernel_inputs}  # type: ignore[attr-defined]
+
+
+class MertonSurface(LognormalJumps, PricingModel):
     """Merton (1976) jump-diffusion for the whole surface (one parameter set for every expiry).
 
     Undiscounted normalised price by the Poisson series of Black-76 prices
     (:func:`bayescal.kernels.merton.merton_norm_price`, 64 terms: tail mass < 1e-12 while
-    ``jump_intensity * tau <= 22.68``). Parameters: diffusion ``volatility``, ``jump_intensity``
-    (per year), ``jump_log_mean`` and ``jump_log_stdev`` of the log jump size; the drift is
-    compensated. Linked to the IV likelihood through the exact implied vol of the model price
+    ``jump_intensity * tau <= 22.68``). Sampled: diffusion ``volatility``, and the jumps as
+    :data:`JUMP_PARAMETERS` (``jump_intensity`` per year, ``jump_variance_rate`` per year,
+    ``jump_mean_ratio``); the kernel takes ``jump_log_mean`` and ``jump_log_stdev`` of the log jump
+    size from :func:`lognormal_jump_sizes`. The drift is compensated. Linked to the IV likelihood
+    through the exact implied vol of the model price
     (:meth:`bayescal.likelihoods.IVLikelihood.model_iv_from_price`).
     """
 
     lookup_name = "merton"
-    parameters = ("volatility", "jump_intensity", "jump_log_mean", "jump_log_stdev")
-    supports: ClassVar[dict[str, str]] = {"volatility": "positive", "jump_intensity": "positive",
-                                          "jump_log_mean": "real", "jump_log_stdev": "positive"}
-    kernel_inputs = parameters
+    parameters = ("volatility", *JUMP_PARAMETERS)
+    supports: ClassVar[dict[str, str]] = {"volatility": "positive", **JUMP_SUPPORTS}
+    kernel_inputs = ("volatility", *JUMP_KERNEL_INPUTS)
     output = "norm_price"
 
     def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
-        return self.sample_parameters(priors)
+        p = self.sample_parameters(priors)
+        return {n: p[n] for n in self.kernel_inputs}
 
     def kernel(self, k, tau, cp, *, volatility, jump_intensity, jump_log_mean, jump_log_stdev):  # noqa: D102
         return merton_norm_price(k, tau, volatility, jump_intensity, jump_log_mean, jump_log_stdev, cp)
@@ -533,20 +616,20 @@ class HestonSurface(PricingModel):
         return heston_norm_price(k, tau, cp, v0, kappa, theta, xi, rho)
 
 
-class BatesSurface(HestonSurface):
+class BatesSurface(LognormalJumps, HestonSurface):
     """Bates (1996): Heston plus lognormal jumps for the whole surface.
 
-    Extra parameters ``jump_intensity`` (per year), ``jump_log_mean`` and ``jump_log_stdev`` of the
-    log jump size (drift compensated). Likelihood kernel
-    :func:`bayescal.kernels.surface.bates_surface_norm_price`, per-quote kernel
+    Sampled: Heston's five and the jumps as :data:`JUMP_PARAMETERS` (``jump_intensity`` per year,
+    ``jump_variance_rate`` per year, ``jump_mean_ratio``); the kernels take ``jump_log_mean`` and
+    ``jump_log_stdev`` of the log jump size from :func:`lognormal_jump_sizes` (drift compensated).
+    Likelihood kernel :func:`bayescal.kernels.surface.bates_surface_norm_price`, per-quote kernel
     :func:`bayescal.kernels.bates.bates_norm_price`; settings as :class:`HestonSurface`.
     """
 
     lookup_name = "bates"
-    parameters = ("v0", "kappa", "theta", "xi", "rho", "jump_intensity", "jump_log_mean", "jump_log_stdev")
-    supports: ClassVar[dict[str, str]] = {**HestonSurface.supports, "jump_intensity": "positive",
-                                          "jump_log_mean": "real", "jump_log_stdev": "positive"}
-    kernel_inputs = parameters
+    parameters = (*HestonSurface.parameters, *JUMP_PARAMETERS)
+    supports: ClassVar[dict[str, str]] = {**HestonSurface.supports, **JUMP_SUPPORTS}
+    kernel_inputs = (*HestonSurface.parameters, *JUMP_KERNEL_INPUTS)
     _surface_kernel = staticmethod(bates_surface_norm_price)
 
     def kernel(self, k, tau, cp, *, v0, kappa, theta, xi, rho, jump_intensity, jump_log_mean,  # noqa: D102

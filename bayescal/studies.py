@@ -208,15 +208,15 @@ def track_recovery_run(spec: CalibrationSpec, seed: int, out_dir: str | Path, wi
     Raises
     ------
     SpecError
-        If the model has nothing to carry between windows, or a carried parameter is not a kernel
-        input of its own name (the simulated drift moves kernel inputs).
+        If the model has nothing to carry between windows or per-expiry parameters (the simulated
+        drift moves carried parameters, mapped to kernel inputs by :meth:`PricingModel.input_values`).
     """
     settings = settings or UpdateSettings(drift_sd_per_day=0.05)
     pricing = get_pricing_model(spec.model, **spec.model_settings)
     names = carried_parameters(spec.model, spec.model_settings)
-    if set(pricing.kernel_inputs) != set(pricing.parameters) or set(names) != set(pricing.parameters):
-        raise SpecError(f"track recovery needs a model whose kernel inputs are its carried parameters "
-                        f"({spec.model!r}: parameters {pricing.parameters}, kernel inputs {pricing.kernel_inputs})")
+    if set(names) != set(pricing.parameters):
+        raise SpecError(f"track recovery needs a model whose parameters are all carried "
+                        f"({spec.model!r}: parameters {pricing.parameters}, carried {names})")
     transforms = {n: unconstrained_transform(spec.prior_set.priors[n]) for n in names}
     truth = prior_truth(spec, seed, taus)["parameters"]
     z = {n: float(to_unconstrained(np.asarray(truth[n], float), transforms[n])) for n in names}
@@ -228,7 +228,7 @@ def track_recovery_run(spec: CalibrationSpec, seed: int, out_dir: str | Path, wi
         values = {n: np.asarray(float(pytensor.function([], from_unconstrained(pt.constant(v), transforms[n]))()))
                   for n, v in z.items()}
         sigma_obs = prior_truth(spec, 1_000 * seed + w, taus)["sigma_obs"]
-        chains.append(simulated_chain(spec.model, values, rng, taus, spec.model_settings,
+        chains.append(simulated_chain(spec.model, pricing.input_values(values), rng, taus, spec.model_settings,
                                       noise=(sigma_obs, spec.likelihood.spread_weight),
                                       valuation=VALUATION + pd.Timedelta(days=w)))
         path.append({n: float(v) for n, v in values.items()})

@@ -267,3 +267,47 @@ def test_prior_draws_honour_potentials():
     assert prior.sizes["draw"] == 400 and np.all(prior["draw"].to_numpy() == np.arange(400))
     assert np.abs(shortfall(prior)).max() < 1e-9
     assert np.isfinite(prior["sabr_alpha"].to_numpy()).all()
+
+
+def test_jump_parameters_map_to_the_log_jump_size():
+    """Merton and Bates sample (intensity, variance rate, mean ratio); the kernels get mu_J, sigma_J back exactly.
+
+    The map inverts ``V = lambda (mu_J**2 + sigma_J**2)``, ``ratio = mu_J / sqrt(mu_J**2 + sigma_J**2)`` in numpy
+    and PyTensor alike, the built models store the kernel inputs as deterministics of the sampled
+    parameters, and a model whose kernel inputs are not its parameters refuses to simulate from them.
+    """
+    from pytensor.gradient import verify_grad
+
+    from bayescal.inference import build_model, sample_prior
+    from bayescal.market.filters import filter_quotes, used_quotes
+    from bayescal.pricing_models import lognormal_jump_sizes
+    from bayescal.studies import DEFAULT_TAUS, simulated_chain
+
+    rng = np.random.default_rng(5)
+    lam, mu, delta = rng.lognormal(1.0, 1.0, 50), rng.normal(-0.05, 0.2, 50), rng.lognormal(-2.0, 0.8, 50)
+    rms = np.hypot(mu, delta)
+    variance_rate, ratio = lam * rms**2, mu / rms
+    back = lognormal_jump_sizes(lam, variance_rate, ratio)
+    np.testing.assert_allclose(back, (mu, delta), rtol=1e-12, atol=1e-15)
+    symbolic = [v.eval() for v in lognormal_jump_sizes(*(pt.as_tensor(x) for x in (lam, variance_rate, ratio)))]
+    np.testing.assert_allclose(symbolic, (mu, delta), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(lognormal_jump_sizes(4.0, 0.16, -0.6), (-0.12, 0.16), rtol=1e-12)  # by hand
+    for out in (0, 1):
+        verify_grad(lambda a, b, c, o=out: lognormal_jump_sizes(a, b, c)[o], [lam[:5], variance_rate[:5], ratio[:5]],
+                    rng=rng, abs_tol=1e-7, rel_tol=1e-6)
+
+    flat = simulated_chain("black76", {"iv": np.full(DEFAULT_TAUS.size, 0.6)}, np.random.default_rng(0))
+    for key in ("merton", "bates"):
+        spec = load_spec(key)
+        pricing = get_pricing_model(key)
+        assert {"jump_variance_rate", "jump_mean_ratio"} <= set(pricing.parameters)
+        assert {"jump_log_mean", "jump_log_stdev"} <= set(pricing.kernel_inputs) - set(pricing.parameters)
+        prior = sample_prior(build_model(spec, used_quotes(filter_quotes(flat, spec.filters))), 200, 1)
+        sampled = {n: prior[pricing.name(n)].to_numpy() for n in pricing.parameters}
+        inputs = pricing.input_values(sampled)
+        assert list(inputs) == list(pricing.kernel_inputs)
+        for n in ("jump_log_mean", "jump_log_stdev"):
+            np.testing.assert_allclose(prior[pricing.name(n)].to_numpy(), inputs[n], rtol=1e-10)
+        assert np.all(inputs["jump_log_stdev"] >= 0) and np.all(np.isfinite(inputs["jump_log_mean"]))
+    with pytest.raises(SpecError, match=r"kernel input\(s\) \['theta'\]"):
+        get_pricing_model("ssvi").input_values({"fwd_var": 0.3, "rho": 0.0, "eta": 1.0, "gamma": 0.4})
