@@ -43,3 +43,22 @@ def test_excluded_rewrite_changes_no_value_or_gradient():
     ours = pytensor.function([k, tau, *params], outputs, mode=compile_mode())(*args)
     np.testing.assert_allclose(ours[0], reference[0], rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(ours[1:], reference[1:], rtol=1e-10, atol=1e-14)
+
+
+def test_stop_gradient_survives_pymc_pregrad_rewrites():
+    """PyMC canonicalizes a log density before differentiating it, which removes pytensor's
+    ``disconnected_grad`` (a ViewOp): the gradient of ``cut(x**2) + x`` at 3 is then 7, not 1.
+    bayescal's ``stop_gradient`` stays cut there and compiles as the identity in every backend."""
+    from pymc.pytensorf import rewrite_pregrad
+    from pytensor.gradient import disconnected_grad
+
+    from bayescal.kernels._gradient import stop_gradient
+
+    x = pt.scalar("x")
+    grads = {cut.__name__: pytensor.function([x], pt.grad(rewrite_pregrad(cut(x**2) + x), x))(3.0)
+             for cut in (disconnected_grad, stop_gradient)}
+    assert grads == {"disconnected_grad": 7.0, "stop_gradient": 1.0}
+    for mode in ("NUMBA", "FAST_RUN", "FAST_COMPILE"):
+        value, grad = pytensor.function([x], [stop_gradient(x**2) * 2, pt.grad(stop_gradient(x**2) * x, x)],
+                                        mode=mode)(3.0)
+        assert (value, grad) == (18.0, 9.0)

@@ -265,8 +265,8 @@ def black76_norm_implied_vol(c, k, tau, cp, iv_start, *, continuation_vega=None,
     ----------
     [B76]_ (price), [J15]_ (normalised OTM form, per-branch objectives), [H70]_ (Halley's method).
     """
-    from pytensor.gradient import disconnected_grad
 
+    from bayescal.kernels._gradient import stop_gradient
     from bayescal.kernels._iv_solve import ImpliedVolSolve
 
     if not 0.0 < iv_min < iv_max:
@@ -274,7 +274,7 @@ def black76_norm_implied_vol(c, k, tau, cp, iv_start, *, continuation_vega=None,
     _check_constant("cp", cp, lambda a: np.abs(a) == 1.0, "+1 (call) or -1 (put)")
     _check_constant("tau", tau, lambda a: a > 0.0, "> 0")
     c, k, tau, cp, iv_start = pt.broadcast_arrays(*(pt.as_tensor_variable(v) for v in (c, k, tau, cp, iv_start)))
-    iv, price, vega, beyond = ImpliedVolSolve(iv_min, iv_max)(disconnected_grad(c), k, tau, cp, iv_start)
+    iv, price, vega, beyond = ImpliedVolSolve(iv_min, iv_max)(stop_gradient(c), k, tau, cp, iv_start)
     if continuation_vega is not None:
-        vega = pt.switch(pt.gt(beyond, 0.0), disconnected_grad(pt.as_tensor_variable(continuation_vega)), vega)
+        vega = pt.switch(pt.gt(beyond, 0.0), stop_gradient(pt.as_tensor_variable(continuation_vega)), vega)
     return iv + (c - price) / vega

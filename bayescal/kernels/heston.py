@@ -56,7 +56,7 @@ residue from moving the contour across the payoff poles at ``a = 0, 1``: ``R = 0
    ~1e5 ``s``, e.g. tiny ``v0`` with large ``xi``); it is insensitive to ``s`` within a factor 2.
 
 *Gradient.* The path choice (``p``, ``s``, the bend, ``t_max``) is an opaque
-:class:`~pytensor.compile.builders.OpFromGraph` behind :func:`pytensor.gradient.disconnected_grad`:
+:class:`~pytensor.compile.builders.OpFromGraph` behind :func:`bayescal.kernels._gradient.stop_gradient`:
 it only chooses the integration path (the exact integral does not depend on it), so gradients are
 those of the quadrature on a fixed path. The quadrature is an inlined OpFromGraph that returns the
 integral together with its derivatives in ``k``, ``tau`` and every parameter (and ``d2/dk2``),
@@ -102,7 +102,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.builders import OpFromGraph
-from pytensor.gradient import DisconnectedType, disconnected_grad
+from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Variable
 
 from bayescal.kernels._complex import (
@@ -118,6 +118,7 @@ from bayescal.kernels._complex import (
     csquare,
     csub,
 )
+from bayescal.kernels._gradient import stop_gradient
 
 __all__ = [
     "contour_norm_price",
@@ -374,7 +375,7 @@ def _opaque_selection(k, tau, params, log_mgf_real, tail):
     inner = [x.type() for x in outer]
     outs = _select_contour(inner[0], inner[1], inner[2:], log_mgf_real, tail)
     op = OpFromGraph(inner, list(outs), inline=False, name="contour_selection")
-    return [disconnected_grad(x) for x in op(*outer)]
+    return [stop_gradient(x) for x in op(*outer)]
 
 
 def _integral_terms(k_, tau_, params_, path, log_mgf, n_nodes):

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.gradient import disconnected_grad
 
+from bayescal.kernels._gradient import stop_gradient
 from bayescal.kernels.black import _check_constant, black76_norm_price
 
 __all__ = [
@@ -318,7 +318,7 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0, una
     x = pt.switch(ok, 1.0 / pt.switch(ok, y, 1.0), np.nan)
     for _ in range(3):
         x = x - residual(x) / slope(x)
-    x0 = disconnected_grad(x)
+    x0 = stop_gradient(x)
     scale = (pt.abs(c3 * x0) * x0 + pt.abs(c2) * x0) * x0 + pt.abs(c1) * x0 + atm_vol  # sum of |terms| of P
     found = pt.and_(pt.gt(x0, 0.0), pt.le(pt.abs(residual(x0)), 1e-9 * scale))
     x0 = pt.switch(found, x0, 1.0)  # a finite point where nothing was found: no NaN reaches the gradient
