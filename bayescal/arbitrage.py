@@ -27,7 +27,7 @@ def butterfly_g_numeric(k: np.ndarray, w: np.ndarray) -> np.ndarray:
     """g(k) of slices ``w`` (shape (..., n_k)) on the grid ``k`` by finite differences (GJ2014 eq. 2.1).
 
     Second-order differences everywhere, the grid ends included: first-order one-sided ones at the
-    ends flagged arbitrage-free surfaces (a Merton slice with rare large jumps, 2.6 days to expiry,
+    ends flagged arbitrage-free surfaces as arbitrage (a Merton slice with rare large jumps, 2.6 days,
     g = -0.04 at the grid's left end where the exact g is +0.03).
     """
     dw = np.gradient(w, k, axis=-1, edge_order=2)

@@ -489,22 +489,23 @@ def lognormal_jump_sizes(jump_intensity, jump_variance_rate, jump_mean_ratio):
 
 
 class LognormalJumps:
-    """Mixin for models with compound Poisson lognormal jumps sampled as :data:`JUMP_PARAMETERS`.
+    """Mixin (listed before a :class:`PricingModel` base) for models with compound Poisson lognormal
+    jumps sampled as :data:`JUMP_PARAMETERS`.
 
     Adds the kernel inputs ``jump_log_mean`` and ``jump_log_stdev`` (stored as deterministics) to the
     sampled parameters, see :func:`lognormal_jump_sizes`.
     """
 
     def sample_parameters(self, priors: PriorSet) -> dict[str, pt.TensorVariable]:  # noqa: D102 (base)
-        p = super().sample_parameters(priors)  # type: ignore[misc]
+        p = super().sample_parameters(priors)
         mean, stdev = lognormal_jump_sizes(*(p[n] for n in JUMP_PARAMETERS))
-        return {**p, "jump_log_mean": self.deterministic("jump_log_mean", mean, per_expiry=False),  # type: ignore[attr-defined]
-                "jump_log_stdev": self.deterministic("jump_log_stdev", stdev, per_expiry=False)}  # type: ignore[attr-defined]
+        return {**p, "jump_log_mean": self.deterministic("jump_log_mean", mean, per_expiry=False),
+                "jump_log_stdev": self.deterministic("jump_log_stdev", stdev, per_expiry=False)}
 
     def input_values(self, parameters: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # noqa: D102 (base)
         mean, stdev = lognormal_jump_sizes(*(np.asarray(parameters[n], float) for n in JUMP_PARAMETERS))
         out = {**parameters, "jump_log_mean": mean, "jump_log_stdev": stdev}
-        return {n: out[n] for n in self.kernel_inputs}  # type: ignore[attr-defined]
+        return {n: out[n] for n in self.kernel_inputs}
 
 
 class MertonSurface(LognormalJumps, PricingModel):
