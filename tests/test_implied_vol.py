@@ -371,7 +371,9 @@ def test_blocks_and_threads_do_not_change_the_result(monkeypatch):
     tau = np.exp(rng.uniform(np.log(1.0 / 365.0), np.log(5.0), n))
     cp = rng.choice([-1.0, 1.0], n)
     price = black76_price(forward, strike, tau, rng.uniform(0.02, 2.0, n), cp)
+    price[::97], price[5::101], forward[7::89] = np.nan, -1.0, -5.0  # bad quotes in every block
     iv_one, status_one = implied_vol_black76(price, forward, strike, tau, cp)
+    assert {IVStatus.NOT_FINITE, IVStatus.BELOW_INTRINSIC} <= set(status_one.tolist())
     monkeypatch.setattr(ivm, "_CHUNK", 512)
     monkeypatch.setattr(ivm, "_THREADS", 3)
     iv_blocks, status_blocks = implied_vol_black76(price, forward, strike, tau, cp)

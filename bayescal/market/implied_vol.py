@@ -376,21 +376,20 @@ def _normalised_implied_vol(
     return s, done, iters
 
 
-def _solve_in_chunks(x: np.ndarray, beta: np.ndarray, cbeta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_normalised_implied_vol` over blocks of :data:`_CHUNK` quotes, on up to :data:`_THREADS`
-    threads when there is more than one block (numpy and scipy's special functions release the GIL;
-    the blocks are independent, so the result does not depend on the split)."""
-    if x.size <= _CHUNK:
-        s, conv, _ = _normalised_implied_vol(x, beta, cbeta)
-        return s, conv
-    blocks = [slice(i, i + _CHUNK) for i in range(0, x.size, _CHUNK)]
+def _in_blocks(solve, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``solve(*arrays)`` over blocks of :data:`_CHUNK` quotes, on up to :data:`_THREADS` threads when
+    there is more than one block (numpy and scipy's special functions release the GIL; the quotes
+    are independent, so the result does not depend on the split)."""
+    n = arrays[0].size
+    if n <= _CHUNK or _THREADS == 1:
+        return solve(*arrays)
+    blocks = [slice(i, i + _CHUNK) for i in range(0, n, _CHUNK)]
 
-    def solve(block: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with np.errstate(all="ignore"):  # errstate is per thread
-            return _normalised_implied_vol(x[block], beta[block], cbeta[block])
+    def run(block: slice) -> tuple[np.ndarray, np.ndarray]:
+        return solve(*(a[block] for a in arrays))
 
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        parts = list(pool.map(solve, blocks))
+        parts = list(pool.map(run, blocks))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -485,7 +484,12 @@ def implied_vol_black76(price, forward, strike, tau, cp, discount_factor=1.0):
     price, forward, strike, tau, cp, df = _broadcast(price, forward, strike, tau, cp, discount_factor)
     _check_cp(cp)
     shape = price.shape
-    price, forward, strike, tau, cp, df = (a.ravel() for a in (price, forward, strike, tau, cp, df))
+    iv, status = _in_blocks(_implied_vol_flat, tuple(a.ravel() for a in (price, forward, strike, tau, cp, df)))
+    return iv.reshape(shape), status.reshape(shape)
+
+
+def _implied_vol_flat(price, forward, strike, tau, cp, df) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`implied_vol_black76` on 1-D arrays of equal length (one block of quotes)."""
     iv = np.full(price.shape, np.nan)
     status = np.full(price.shape, int(IVStatus.OK), dtype=np.int8)
 
@@ -517,11 +521,11 @@ def implied_vol_black76(price, forward, strike, tau, cp, discount_factor=1.0):
             rel = (k - f) / f
             close = np.abs(rel) < 0.5
             x = -np.abs(np.where(close, np.log1p(rel), _log_ratio(k, f)))
-            s, conv = _solve_in_chunks(x, beta[ok], cbeta[ok])
+            s, conv, _ = _normalised_implied_vol(x, beta[ok], cbeta[ok])
             good = conv & np.isfinite(s) & (s > 0.0)
             iv[sel[good]] = s[good] / np.sqrt(tau[sel[good]])
             status[sel[~good]] = IVStatus.NOT_CONVERGED
-    return iv.reshape(shape), status.reshape(shape)
+    return iv, status
 
 
 def black76_price(forward, strike, tau, iv, cp, discount_factor=1.0):
