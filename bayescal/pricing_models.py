@@ -478,6 +478,11 @@ def lognormal_jump_sizes(jump_intensity, jump_variance_rate, jump_mean_ratio):
     tuple
         ``(jump_log_mean, jump_log_stdev)``, broadcast shapes of the inputs.
 
+    Raises
+    ------
+    Nothing: inputs are not checked (the priors keep them in their supports; values outside give
+    NaN in numpy and PyTensor alike).
+
     Notes
     -----
     Why these coordinates: quotes pin the jump variance rate (0.59 +- 0.04 in a Bates recovery fit)
