@@ -244,7 +244,9 @@ def test_bad_quote_does_not_touch_its_neighbours():
     assert status.tolist() == [0, 0, 0, IVStatus.BELOW_INTRINSIC]
     for i in range(3):
         iv_i, _ = implied_vol_black76(good[i], f, strikes[i], 0.5, 1)
-        assert iv[i] == float(iv_i)
+        # equal to the quote inverted alone, up to the last bits: numpy's SIMD loops and their scalar
+        # remainder can round exp/log differently (1 ulp with numpy 2.5)
+        np.testing.assert_array_max_ulp(iv[i], float(iv_i), maxulp=4)
         assert iv[i] == pytest.approx(0.3, rel=1e-14)
 
 
