@@ -1,11 +1,19 @@
-"""bayescal's compilation mode: applied inside the block (to PyMC's and nutpie's compiles too), restored after."""
+"""bayescal's compilation mode: applied inside the block (to PyMC's and nutpie's compiles too), restored after;
+its cache of rewritten graphs across processes."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+import pytest
 from pytensor.compile import mode as pytensor_mode
 
-from bayescal.compilation import EXCLUDED_REWRITES, compilation, compile_mode
+from bayescal import compilation as compilation_module
+from bayescal.compilation import EXCLUDED_REWRITES, FUNCTION_CACHE_ENV, compilation, compile_mode, function_cache_events
 from bayescal.kernels.heston import heston_norm_price
 
 
@@ -62,3 +70,99 @@ def test_stop_gradient_survives_pymc_pregrad_rewrites():
         value, grad = pytensor.function([x], [stop_gradient(x**2) * 2, pt.grad(stop_gradient(x**2) * x, x)],
                                         mode=mode)(3.0)
         assert (value, grad) == (18.0, 9.0)
+
+
+# --- cross-process cache of rewritten graphs ---------------------------------------------------------
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "functions"
+    monkeypatch.setenv(FUNCTION_CACHE_ENV, str(folder))
+    function_cache_events.clear()
+    return folder
+
+
+HESTON_SCRIPT = textwrap.dedent("""
+    import numpy as np, pytensor, pytensor.tensor as pt
+    from bayescal.compilation import compile_mode, function_cache_events
+    from bayescal.kernels.heston import heston_norm_price
+    k, tau = pt.vector("k"), pt.vector("tau")
+    params = [pt.scalar(n) for n in ("v0", "kappa", "theta", "xi", "rho")]
+    price = heston_norm_price(k, tau, pt.ones_like(k), *params)
+    f = pytensor.function([k, tau, *params], [price, *pt.grad(pt.sum(price), params)], mode=compile_mode())
+    out = f(np.linspace(-0.5, 0.5, 5), np.full(5, 0.25), 0.04, 1.5, 0.05, 0.8, -0.6)
+    print(dict(function_cache_events))
+    print(repr(np.concatenate([np.atleast_1d(o) for o in out]).tolist()))
+""")
+
+
+def test_rewritten_graph_is_reused_by_a_fresh_process(cache_dir):
+    """The Heston price + gradient graph (with its OpFromGraph ops) is stored by one process and loaded,
+    not rewritten, by the next, which computes the same values."""
+    runs = [subprocess.run([sys.executable, "-c", HESTON_SCRIPT], capture_output=True, text=True, check=True,
+                           env={**os.environ, FUNCTION_CACHE_ENV: str(cache_dir)}).stdout.splitlines()
+            for _ in range(2)]
+    assert runs[0][0] == "{'miss': 1}" and runs[1][0] == "{'hit': 1}"
+    assert len(list(cache_dir.glob("*.pkl"))) == 1
+    assert runs[0][1] == runs[1][1]  # bit-identical values
+
+
+def test_loaded_function_reads_and_updates_the_callers_shared_variables(cache_dir):
+    scale = pytensor.shared(np.array([1.0, 2.0]), name="scale")
+    counter = pytensor.shared(np.int64(0), name="counter")
+    x = pt.vector("x")
+
+    def build():
+        return pytensor.function([x], (x * scale).sum(), updates={counter: counter + 1}, mode=compile_mode())
+
+    first, second = build(), build()
+    assert dict(function_cache_events) == {"miss": 1, "hit": 1}
+    assert second(np.ones(2)) == first(np.ones(2)) == 3.0
+    scale.set_value(np.array([10.0, 20.0]))
+    assert second(np.ones(2)) == 30.0
+    assert counter.get_value() == 3  # both functions advance the caller's counter
+
+
+def test_different_graphs_get_different_entries(cache_dir):
+    """Constants, ops, types and op attributes (a cast's target dtype) all enter the key."""
+    x = pt.vector("x")
+    m = pt.matrix("m")
+    graphs = [([x], pt.exp(2.0 * x)), ([x], pt.exp(3.0 * x)), ([x], pt.log(2.0 * x)), ([m], pt.exp(2.0 * m)),
+              ([x], pt.cast(x, "float32")), ([x], pt.cast(x, "int64")), ([x], pt.gt(x, 0.0)), ([x], pt.lt(x, 0.0))]
+    outputs = [pytensor.function(inputs, out, mode=compile_mode()) for inputs, out in graphs]
+    assert function_cache_events["miss"] == len(graphs) and len(list(cache_dir.glob("*.pkl"))) == len(graphs)
+    again = pytensor.function([x], pt.cast(x, "int64"), mode=compile_mode())
+    assert function_cache_events["hit"] == 1
+    assert again(np.array([2.7])).dtype == np.int64 and outputs[4](np.array([2.7])).dtype == np.float32
+
+
+def test_damaged_entry_is_compiled_again_and_replaced(cache_dir):
+    x = pt.vector("x")
+    pytensor.function([x], pt.exp(x), mode=compile_mode())
+    (entry,) = cache_dir.glob("*.pkl")
+    entry.write_bytes(b"not a pickle")
+    f = pytensor.function([x], pt.exp(x), mode=compile_mode())
+    assert function_cache_events["load_failed"] == 1 and f(np.zeros(1))[0] == 1.0
+    pytensor.function([x], pt.exp(x), mode=compile_mode())
+    assert function_cache_events["hit"] == 1
+
+
+def test_cache_can_be_switched_off(cache_dir, monkeypatch):
+    monkeypatch.setenv(FUNCTION_CACHE_ENV, "off")
+    x = pt.vector("x")
+    assert pytensor.function([x], pt.exp(x), mode=compile_mode())(np.zeros(1))[0] == 1.0
+    assert dict(function_cache_events) == {"off": 1} and not cache_dir.exists()
+    assert compilation_module.function_cache_dir() is None
+
+
+def test_cache_is_pruned_least_recently_used_first(cache_dir, monkeypatch):
+    x = pt.vector("x")
+    pytensor.function([x], pt.exp(x), mode=compile_mode())
+    pytensor.function([x], pt.log(x), mode=compile_mode())
+    exp_entry = min(cache_dir.glob("*.pkl"), key=lambda p: p.stat().st_mtime)
+    os.utime(exp_entry, (0, 0))  # long unused
+    size = max(p.stat().st_size for p in cache_dir.glob("*.pkl"))
+    monkeypatch.setattr(compilation_module, "FUNCTION_CACHE_MAX_BYTES", 2 * size + size // 2)
+    pytensor.function([x], pt.sin(x), mode=compile_mode())
+    assert len(list(cache_dir.glob("*.pkl"))) == 2 and not exp_entry.exists()

@@ -412,11 +412,26 @@ def _integral_with_tangents(k, tau, params, path, log_mgf, n_nodes):
     use ``d2I/dk2``; other second derivatives differentiate the rebuilt inner graph.
     """
     outer = pt.broadcast_arrays(k, tau, *params, *path)
-    n_diff = 2 + len(params)
+    integral = _ContourIntegral(2 + len(params), log_mgf, n_nodes)
+    inner = [x.type() for x in outer]
+    op = OpFromGraph(inner, integral.build(inner), inline=True, pullback=integral.pullback, name="contour_integral")
+    return op(*outer)[0]
 
-    def build(xs):
+
+class _ContourIntegral:
+    """Inner graph and pullback of :func:`_integral_with_tangents`'s op.
+
+    A module-level class rather than closures so that compiled graphs holding the op can be pickled
+    (:mod:`bayescal.compilation` caches rewritten graphs across processes).
+    """
+
+    def __init__(self, n_diff: int, log_mgf, n_nodes: int) -> None:
+        self.n_diff, self.log_mgf, self.n_nodes = n_diff, log_mgf, n_nodes
+
+    def build(self, xs):
+        n_diff = self.n_diff
         padded = [pt.shape_padright(x) for x in xs[:n_diff]]
-        w, a, x = _integral_terms(padded[0], padded[1], padded[2:], xs[n_diff:], log_mgf, n_nodes)
+        w, a, x = _integral_terms(padded[0], padded[1], padded[2:], xs[n_diff:], self.log_mgf, self.n_nodes)
         value = pt.sum(w * x[0], axis=-1) / np.pi
         # per-quote derivatives: gradient of the node sum w.r.t. the padded (per-quote) inputs
         tangents = [g[..., 0] for g in pytensor.grad(value.sum(), padded)]
@@ -424,9 +439,8 @@ def _integral_with_tangents(k, tau, params, path, log_mgf, n_nodes):
         curv = pt.sum(w * cmul(csquare(am1), x)[0], axis=-1) / np.pi
         return [value, *tangents, curv]
 
-    inner = [x.type() for x in outer]
-
-    def pullback(inputs, outputs, cotangents):
+    def pullback(self, inputs, outputs, cotangents):
+        n_diff = self.n_diff
         grads = [pt.zeros_like(x) for x in inputs]
         cot = cotangents[0]
         if not _disconnected(cot):
@@ -435,7 +449,7 @@ def _integral_with_tangents(k, tau, params, path, log_mgf, n_nodes):
         cot_k = cotangents[1]
         if not _disconnected(cot_k):
             grads[0] = grads[0] + cot_k * outputs[-1]
-        rebuilt = build(inputs)
+        rebuilt = self.build(inputs)
         known = {o: c for o, c in zip(rebuilt[2:], cotangents[2:], strict=True) if not _disconnected(c)}
         wrt = list(inputs[:n_diff])
         if known:
@@ -445,9 +459,6 @@ def _integral_with_tangents(k, tau, params, path, log_mgf, n_nodes):
             more = pytensor.grad(None, wrt[1:], known_grads={rebuilt[1]: cot_k}, disconnected_inputs="ignore")
             grads[1:n_diff] = [g + h for g, h in zip(grads[1:n_diff], more, strict=True)]
         return grads
-
-    op = OpFromGraph(inner, build(inner), inline=True, pullback=pullback, name="contour_integral")
-    return op(*outer)[0]
 
 
 def _disconnected(x) -> bool:
