@@ -127,8 +127,9 @@ class _Unkeyable(Exception):
 def _value_key(value: Any) -> Any:
     """A reproducible description of an op property or attribute; raises _Unkeyable where there is none.
 
-    Descriptions are exhaustive, never lossy: an object is described by its class and *all* its
-    attributes, so two values with equal descriptions behave alike (a miss is possible, a false hit is not).
+    Descriptions are exhaustive, never lossy: an object is described by all that pickling it would store
+    (its class and whole state), so two values with equal descriptions behave alike (a miss is possible,
+    a false hit is not).
     """
     if value is None or isinstance(value, bool | int | float | str | bytes):
         return repr(value)
@@ -156,12 +157,15 @@ def _value_key(value: Any) -> Any:
         if "<" in name:  # lambdas and local functions have no reproducible name
             raise _Unkeyable(name)
         return ("named", name)
-    if hasattr(value, "__dict__"):
-        return ("object", _value_key(type(value)), _value_key(vars(value)))
-    text = repr(value)
-    if " at 0x" in text:
-        raise _Unkeyable(text)
-    return (_value_key(type(value)), text)
+    # any other object: what pickle needs to rebuild it (its class and whole state; e.g. a
+    # functools.partial's function and arguments, which are not in its __dict__)
+    try:
+        reduced = value.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    except Exception as why:
+        raise _Unkeyable(f"{type(value).__qualname__}: {why}") from why
+    if isinstance(reduced, str):  # a module-level singleton, pickled by name
+        return ("global", _value_key(type(value)), reduced)
+    return ("object", *(_value_key(list(x) if isinstance(x, Iterator) else x) for x in reduced))
 
 
 def _op_key(op: Op) -> tuple:

@@ -166,3 +166,22 @@ def test_cache_is_pruned_least_recently_used_first(cache_dir, monkeypatch):
     monkeypatch.setattr(compilation_module, "FUNCTION_CACHE_MAX_BYTES", 2 * size + size // 2)
     pytensor.function([x], pt.sin(x), mode=compile_mode())
     assert len(list(cache_dir.glob("*.pkl"))) == 2 and not exp_entry.exists()
+
+
+def test_op_attribute_descriptions_are_never_lossy():
+    """Objects are described by their whole pickled state: partials with other arguments, or objects with
+    other attribute values, never share a description (a shared one would load the wrong function)."""
+    import functools
+    import operator
+
+    from bayescal.compilation import _Unkeyable, _value_key
+
+    assert _value_key(functools.partial(operator.add, 1)) != _value_key(functools.partial(operator.add, 2))
+    assert _value_key(Rule(2)) != _value_key(Rule(3)) and _value_key(Rule(2)) == _value_key(Rule(2))
+    with pytest.raises(_Unkeyable):  # a local function has no name another process could match
+        _value_key(lambda x: x)
+
+
+class Rule:
+    def __init__(self, power):
+        self.power = power
