@@ -12,8 +12,9 @@ inside PyMC, pymc-extras and nutpie (nutpie asks PyTensor for the ``"NUMBA"`` mo
 block swaps that entry of PyTensor's mode table and restores it on exit).
 
 Rewritten graphs are cached across processes. PyTensor caches numba's machine code on disk but
-rewrites every graph again in every process: for the Heston log density + gradient of the BTC chain
-that was 13 s of a MAP fit's 37 s in a fresh process (grid, check and draw functions another 13 s).
+rewrites every graph again in every process: a Heston MAP + Laplace fit of the BTC chain in a fresh
+process took 26.0 s without this cache and 19.5 s with it (Pathfinder 44.0 and 33.9 s, NUTS 72.9 and
+68.6 s; ``docs/benchmarks.md``).
 The mode's function maker (:func:`_cached_function_maker`) keys each compilation by the *unrewritten*
 graph (:func:`graph_key`: every node's op and its properties, the wiring, the types, the constants'
 and shared variables' values, the inputs' settings, the mode and the PyTensor / numba versions) and
