@@ -198,25 +198,22 @@ def _walk(inputs: list[Variable], outputs: list[Variable], parts: list[Any]) -> 
     """Append the structure of the graph from ``inputs`` to ``outputs`` to ``parts``: each node's op key,
     the positions of its inputs and its output types; constants by value. Raises _Unkeyable."""
     ids = {var: i for i, var in enumerate(inputs)}
+
+    def position(var: Variable, what: str) -> int:
+        if var not in ids:  # a constant, keyed by value; anything else must have been computed already
+            if not isinstance(var, Constant):
+                raise _Unkeyable(f"{what} {var} is neither an input, computed nor constant")
+            parts.append(("constant", str(var.type), _data_key(var.data)))
+            ids[var] = len(ids)
+        return ids[var]
+
     for node in toposort(outputs, blockers=inputs):
-        wiring = []
-        for var in node.inputs:
-            if var not in ids:
-                if not isinstance(var, Constant):
-                    raise _Unkeyable(f"graph input {var} is not an input of the function")
-                parts.append(("constant", str(var.type), _data_key(var.data)))
-                ids[var] = len(ids)
-            wiring.append(ids[var])
-        parts.append((_op_key(node.op), tuple(wiring), tuple(str(o.type) for o in node.outputs)))
+        wiring = tuple(position(var, "graph input") for var in node.inputs)
+        parts.append((_op_key(node.op), wiring, tuple(str(o.type) for o in node.outputs)))
         for out in node.outputs:
             ids[out] = len(ids)
     for var in outputs:
-        if var not in ids:
-            if not isinstance(var, Constant):
-                raise _Unkeyable(f"output {var} is neither computed nor constant")
-            parts.append(("constant", str(var.type), _data_key(var.data)))
-            ids[var] = len(ids)
-        parts.append(("output", ids[var]))
+        parts.append(("output", position(var, "output")))
 
 
 def graph_key(inputs: Sequence[SymbolicInput], outputs: Sequence[Any], mode: pytensor_mode.Mode,
@@ -238,7 +235,7 @@ def graph_key(inputs: Sequence[SymbolicInput], outputs: Sequence[Any], mode: pyt
         sha256 of the graph's structure (ops with their properties, wiring, types), the values of its
         constants and shared variables, the inputs' settings, the mode's linker and rewrite query, the
         PyTensor and numba versions and the relevant PyTensor flags; ``None`` when some op or value has
-        no reproducible description (e.g. an op without ``__props__``).
+        no reproducible description (e.g. a lambda or a local class among an op's attributes).
     """
     if not isinstance(outputs, list | tuple):
         outputs = [outputs]
