@@ -238,6 +238,31 @@ class PricingModel(ABC):
         out = self.kernel(k[None, :], tau, cp[None, :], **params)
         return pytensor.function([k, tau, cp, *params.values()], out, on_unused_input="ignore", mode=compile_mode())
 
+    def _build_grid_derivatives_function(self) -> Any:
+        # k and cp per (draw, grid point): elementwise inputs give elementwise derivatives
+        k, cp = pt.matrix("k"), pt.matrix("cp")
+        tau = pt.scalar("tau")
+        params = {n: pt.tensor(n, shape=(None, 1), dtype="float64") for n in self.kernel_inputs}
+        out = self.kernel(k, tau, cp, **params)
+        d_k = pt.grad(out.sum(), k)
+        d_kk = pt.grad(d_k.sum(), k)
+        return pytensor.function([k, tau, cp, *params.values()], [out, d_k, d_kk], on_unused_input="ignore",
+                                 mode=compile_mode())
+
+    def _grid_draws(self, posterior: xr.Dataset, expiry: int, max_draws: int) -> list[np.ndarray]:
+        """Kernel inputs of the posterior draws as (n_draws, 1) columns, price models thinned to ``max_draws``."""
+        draws = []
+        for n in self.kernel_inputs:
+            var = posterior[self.name(n)]
+            if n in self.per_expiry_inputs:
+                var = var.isel({EXPIRY_DIM: expiry})
+            draws.append(var.to_numpy().reshape(-1, 1))
+        n_draws = draws[0].shape[0]
+        if self.output == "norm_price" and n_draws > max_draws:
+            keep = np.linspace(0, n_draws - 1, max_draws).round().astype(int)
+            draws = [v[keep] for v in draws]
+        return draws
+
     def implied_vol_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float,
                             max_draws: int = GRID_MAX_DRAWS) -> np.ndarray:
         """Model IV of posterior draws on a log-moneyness grid, shape (n_draws_used, n_k).
@@ -246,23 +271,53 @@ class PricingModel(ABC):
         :data:`GRID_MAX_DRAWS`) evenly thinned draws and invert prices with :func:`bayescal.market.implied_vol_black76`
         (out-of-the-money side; grid points whose price has no IV are NaN).
         """
-        draws = {}
-        for n in self.kernel_inputs:
-            var = posterior[self.name(n)]
-            if n in self.per_expiry_inputs:
-                var = var.isel({EXPIRY_DIM: expiry})
-            draws[n] = var.to_numpy().reshape(-1, 1)
-        n_draws = next(iter(draws.values())).shape[0]
-        if self.output == "norm_price" and n_draws > max_draws:
-            keep = np.linspace(0, n_draws - 1, max_draws).round().astype(int)
-            draws = {n: v[keep] for n, v in draws.items()}
         k = np.asarray(k, float)
         cp = np.where(k >= 0, 1.0, -1.0)
-        out = self._grid_function(k, float(tau), cp, *(draws[n] for n in self.kernel_inputs))
+        out = self._grid_function(k, float(tau), cp, *self._grid_draws(posterior, expiry, max_draws))
         if self.output == "iv":
             return np.asarray(out)
         iv, _ = implied_vol_black76(np.asarray(out), 1.0, np.exp(k)[None, :], tau, cp[None, :])
         return iv
+
+    def norm_price_on_grid(self, posterior: xr.Dataset, expiry: int, k: np.ndarray, tau: float,
+                           max_draws: int = GRID_MAX_DRAWS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Out-of-the-money normalised prices of posterior draws on a grid, with their first two k-derivatives.
+
+        Price-output models only. The derivatives are the kernel graph's own (automatic
+        differentiation; for the Fourier kernels the integrals of the integrand times ``1 - a`` and
+        ``(1 - a)**2``), exact to the kernel's accuracy, unlike finite differences of prices on the
+        grid, which amplify the quadrature's round-off by the inverse squared grid step.
+
+        Parameters
+        ----------
+        posterior : xarray.Dataset
+            Posterior draws (chain, draw, ...).
+        expiry : int
+            Expiry index (selects per-expiry parameters).
+        k : numpy.ndarray, shape (n_k,)
+            Log-moneyness grid ``ln(K/F)``; puts below 0, calls at and above.
+        tau : float
+            Time to expiry in years.
+        max_draws : int
+            At most this many evenly thinned draws.
+
+        Returns
+        -------
+        (c, dc_dk, d2c_dk2) : tuple of numpy.ndarray, each shape (n_draws_used, n_k)
+            ``C / (D F)`` and its derivatives with respect to ``k`` at fixed ``tau``.
+
+        Raises
+        ------
+        TypeError
+            For IV-output models.
+        """
+        if self.output != "norm_price":
+            raise TypeError(f"{self.lookup_name}: norm_price_on_grid is for price-output models "
+                            f"(output {self.output!r})")
+        draws = self._grid_draws(posterior, expiry, max_draws)
+        k = np.broadcast_to(np.asarray(k, float), (draws[0].shape[0], np.size(k)))
+        fn = self.compiled("grid_derivatives", self._build_grid_derivatives_function)
+        return tuple(np.asarray(x) for x in fn(k, float(tau), np.where(k >= 0, 1.0, -1.0), *draws))
 
 
 def get_pricing_model(key: str, **settings: Any) -> PricingModel:

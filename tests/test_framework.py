@@ -9,7 +9,7 @@ import pytensor.tensor as pt
 import pytest
 import xarray as xr
 
-from bayescal.arbitrage import arbitrage_free_share, butterfly_g_numeric
+from bayescal.arbitrage import _slice, arbitrage_free_share, butterfly_g_numeric, slope_and_g_from_prices
 from bayescal.comparison import compare_results
 from bayescal.errors import IncomparableResultsError, SpecError
 from bayescal.inference import fit
@@ -128,8 +128,9 @@ def test_numeric_g_matches_analytic_svi_g():
 
 def test_arbitrage_share_of_a_jump_surface_is_one():
     """Merton surfaces are arbitrage-free: every draw must pass, including a 2.6-day slice with rare
-    large jumps whose smile bends sharply at the grid's ends (first-order end differences gave
-    g = -0.04 there and a share of 0 on the BTC snapshot; second-order ones give +0.031, exact +0.031)."""
+    large jumps whose smile bends sharply at the grid's ends (first-order end differences on a 201-point
+    grid gave g = -0.04 there and a share of 0 on the BTC snapshot; second-order ones give +0.0313; the
+    exact g is +0.02927: the kernel's derivatives, and finite differences with steps 1e-4 and 3e-5)."""
     pricing = get_pricing_model("merton")
     taus = np.array([2.6, 30.6, 359.6]) / 365
     k = np.concatenate([np.linspace(-0.102, 0.101, 9), np.linspace(-0.48, 0.59, 9), np.linspace(-0.84, 0.87, 9)])
@@ -144,6 +145,49 @@ def test_arbitrage_share_of_a_jump_surface_is_one():
     k_end = np.linspace(-0.102, 0.101, 201)
     w_end = pricing.implied_vol_on_grid(posterior, 0, k_end, taus[0])[0] ** 2 * taus[0]
     assert butterfly_g_numeric(k_end, w_end)[0] == pytest.approx(0.0314, abs=5e-4)
+    _, _, g = _slice(pricing, posterior, 0, k_end[:1], taus[0])  # the check's own g: pointwise, exact
+    assert g[0, 0] == pytest.approx(0.029267, abs=1e-6)
+
+
+def test_slope_and_g_of_black_prices():
+    """A flat-vol slice: g = 1 and w' = 0 exactly (GJ2014 eq. 2.1), from Black-76's k-derivatives."""
+    from scipy.stats import norm
+
+    k = np.linspace(-0.8, 0.6, 15)
+    w = np.full((1, k.size), 0.7**2 * 0.5)
+    cp = np.where(k >= 0, 1.0, -1.0)
+    d2 = -k / np.sqrt(w) - np.sqrt(w) / 2
+    c_k = np.where(cp > 0, -np.exp(k) * norm.cdf(d2), np.exp(k) * norm.cdf(-d2))  # dB/dk at fixed w
+    c_kk = c_k + np.exp(k) * norm.pdf(d2) / np.sqrt(w)
+    dw, g = slope_and_g_from_prices(k, w, cp, c_k, c_kk)
+    np.testing.assert_allclose(dw, 0.0, atol=1e-12)
+    np.testing.assert_allclose(g, 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("model, values, tau", [
+    ("heston", {"v0": 0.3, "kappa": 2.0, "theta": 0.25, "xi": 1.6, "rho": 0.2}, 30 / 365),
+    ("heston", {"v0": 0.04, "kappa": 0.5, "theta": 0.06, "xi": 0.9, "rho": -0.8}, 2.0),
+    ("bates", {"v0": 0.3, "kappa": 2.0, "theta": 0.25, "xi": 1.0, "rho": 0.0, "jump_intensity": 3.0,
+               "jump_log_mean": -0.1, "jump_log_stdev": 0.2}, 10 / 365),
+])
+def test_price_model_slope_and_g_match_finite_differences(model, values, tau):
+    """The check's pointwise w' and g of a price model (kernel derivatives) equal fourth-order central
+    differences of the inverted prices (steps of 1e-3) put into GJ2014 eq. 2.1."""
+    pricing = get_pricing_model(model)
+    posterior = xr.Dataset({f"{model}_{n}": (("chain", "draw"), [[v]]) for n, v in values.items()})
+    k = np.linspace(-0.4, 0.4, 21)
+    h = 1e-3
+    stencil = (k[:, None] + h * np.arange(-2, 3)).ravel()
+    w_st = (pricing.implied_vol_on_grid(posterior, 0, stencil, tau) ** 2 * tau).reshape(k.size, 5)
+    w_fd = w_st[:, 2]
+    dw_fd = (w_st[:, 0] - 8 * w_st[:, 1] + 8 * w_st[:, 3] - w_st[:, 4]) / (12 * h)
+    d2w_fd = (-w_st[:, 0] + 16 * w_st[:, 1] - 30 * w_st[:, 2] + 16 * w_st[:, 3] - w_st[:, 4]) / (12 * h**2)
+    g_fd = (1 - k * dw_fd / (2 * w_fd)) ** 2 - dw_fd**2 / 4 * (1 / w_fd + 0.25) + d2w_fd / 2
+    w, dw, g = _slice(pricing, posterior, 0, k, tau)
+    np.testing.assert_allclose(w[0], w_fd, rtol=1e-12)
+    np.testing.assert_allclose(dw[0], dw_fd, atol=1e-8)
+    np.testing.assert_allclose(g[0], g_fd, atol=1e-6)
+    assert g.min() > 0.05  # arbitrage-free, and far from the tolerance
 
 
 def test_arbitrage_share_detects_calendar_crossing():
