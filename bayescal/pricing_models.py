@@ -21,7 +21,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pymc_extras.prior import Prior
 
-from bayescal.compilation import compile_mode
+from bayescal.compilation import compile_mode, recipe_function
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
 from bayescal.kernels.bates import bates_norm_price
@@ -209,11 +209,18 @@ class PricingModel(ABC):
         """The compiled function ``build()`` for ``purpose``, built once per process per model and settings.
 
         The post-fit checks and greeks compile data-independent graphs of the model's kernel (quotes
-        and parameters are inputs), so repeated fits (tracks, studies, benchmarks) reuse them.
+        and parameters are inputs), so repeated fits (tracks, studies, benchmarks) reuse them. Models
+        defined in bayescal also cache them across processes by model, settings and purpose
+        (:func:`bayescal.compilation.recipe_function`), which skips building the graphs.
         """
         key = (self.lookup_name, repr(sorted(self.settings.items())), purpose)
         if key not in _COMPILED:
-            _COMPILED[key] = build()
+            classes = [c for c in type(self).__mro__ if c not in (object, ABC)]
+            if all(c.__module__.split(".")[0] == "bayescal" for c in classes):
+                recipe = ("pricing model", [f"{c.__module__}.{c.__qualname__}" for c in classes], *key)
+                _COMPILED[key] = recipe_function(recipe, build)
+            else:  # code outside bayescal is not in the recipe cache's source fingerprint
+                _COMPILED[key] = build()
         return _COMPILED[key]
 
     @property

@@ -13,7 +13,14 @@ import pytest
 from pytensor.compile import mode as pytensor_mode
 
 from bayescal import compilation as compilation_module
-from bayescal.compilation import EXCLUDED_REWRITES, FUNCTION_CACHE_ENV, compilation, compile_mode, function_cache_events
+from bayescal.compilation import (
+    EXCLUDED_REWRITES,
+    FUNCTION_CACHE_ENV,
+    compilation,
+    compile_mode,
+    function_cache_events,
+    recipe_function,
+)
 from bayescal.kernels.heston import heston_norm_price
 
 
@@ -185,3 +192,51 @@ def test_op_attribute_descriptions_are_never_lossy():
 class Rule:
     def __init__(self, power):
         self.power = power
+
+
+GRID_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    from bayescal.compilation import function_cache_events
+    from bayescal.pricing_models import get_pricing_model
+    draws = [np.array([[v]]) for v in (0.04, 1.5, 0.05, 0.8, -0.6)]
+    out = get_pricing_model("heston")._grid_function(np.linspace(-0.5, 0.5, 5), 0.25, np.ones(5), *draws)
+    print(dict(function_cache_events))
+    print(repr(np.asarray(out).tolist()))
+""")
+
+
+def test_pricing_function_is_loaded_by_recipe_in_a_fresh_process(cache_dir):
+    """A registered model's grid function is stored by recipe (model, settings, purpose) by one process and
+    loaded by the next without building its graph; the values are bit-identical."""
+    runs = [subprocess.run([sys.executable, "-c", GRID_SCRIPT], capture_output=True, text=True, check=True,
+                           env={**os.environ, FUNCTION_CACHE_ENV: str(cache_dir)}).stdout.splitlines()
+            for _ in range(2)]
+    assert runs[0][0] == "{'miss': 1, 'recipe_miss': 1}" and runs[1][0] == "{'recipe_hit': 1}"
+    assert runs[0][1] == runs[1][1]
+
+
+def test_recipe_key_holds_the_recipe_and_the_source(cache_dir, monkeypatch):
+    x = pt.vector("x")
+    builds = []
+
+    def build():
+        builds.append(1)
+        return pytensor.function([x], pt.exp(x), mode=compile_mode())
+
+    recipe_function(("exp", 1), build)
+    assert recipe_function(("exp", 1), build)(np.zeros(1))[0] == 1.0
+    assert len(builds) == 1 and function_cache_events["recipe_hit"] == 1
+    recipe_function(("exp", 2), build)  # another recipe
+    monkeypatch.setattr(compilation_module, "source_fingerprint", lambda: "edited source")
+    recipe_function(("exp", 1), build)  # same recipe, other code
+    assert len(builds) == 3 and function_cache_events["recipe_miss"] == 3
+
+
+def test_recipe_functions_with_shared_variables_are_built_every_time(cache_dir):
+    scale = pytensor.shared(np.array([1.0, 2.0]), name="scale")
+    x = pt.vector("x")
+    first = recipe_function(("scaled",), lambda: pytensor.function([x], (x * scale).sum(), mode=compile_mode()))
+    second = recipe_function(("scaled",), lambda: pytensor.function([x], (x * scale).sum(), mode=compile_mode()))
+    assert function_cache_events["recipe_uncacheable"] == 2 and function_cache_events["recipe_hit"] == 0
+    scale.set_value(np.array([10.0, 20.0]))
+    assert first(np.ones(2)) == second(np.ones(2)) == 30.0
