@@ -51,6 +51,7 @@ from typing import Any
 import numba
 import numpy as np
 import pytensor
+import xarray as xr
 from pytensor.compile import mode as pytensor_mode
 from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.io import SymbolicInput, SymbolicOutput
@@ -144,7 +145,11 @@ def _value_key(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str | bytes):
         return repr(value)
     if isinstance(value, np.ndarray):
-        return ("ndarray", hash_from_ndarray(value))
+        return ("ndarray", _data_key(value))
+    if isinstance(value, xr.Dataset):
+        return ("dataset", *((name, var.dims, _data_key(var.to_numpy()), _value_key(var.attrs))
+                             for name, var in sorted({**value.coords, **value.data_vars}.items())),
+                _value_key(value.attrs))
     if isinstance(value, np.generic | np.dtype):
         return ("numpy", repr(value))
     if isinstance(value, tuple | list):
@@ -198,7 +203,7 @@ def _query_key(query: Any) -> tuple:
 
 
 def _data_key(data: Any) -> str:
-    if isinstance(data, np.ndarray):
+    if isinstance(data, np.ndarray) and data.dtype != object:  # an object array's buffer holds pointers
         return hash_from_ndarray(data)
     return hash_from_pickle_dump(data)
 
@@ -394,7 +399,7 @@ def _recipe_key(recipe: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def recipe_function(recipe: Any, build: Callable[[], Any]) -> Any:
+def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_shared_values: bool = False) -> Any:
     """The PyTensor function ``build()`` compiles, cached across processes under ``recipe``.
 
     For functions that ``recipe`` determines completely *given bayescal's source*: e.g. a registered
@@ -411,12 +416,18 @@ def recipe_function(recipe: Any, build: Callable[[], Any]) -> Any:
         code outside bayescal (that code is not in the fingerprint).
     build : callable
         Builds and compiles the function (``pytensor.function``), e.g. with :func:`compile_mode`.
+    recipe_holds_shared_values : bool
+        True when ``recipe`` also determines the values of the function's shared variables (e.g. a
+        model's data, keyed in the recipe). The function is then stored with those values, and a
+        loaded one has its own copies: it does not see later ``set_value`` calls on the caller's
+        variables and its updates do not reach them. False (default): functions with shared
+        variables are built every time, their state belonging to the caller.
 
     Returns
     -------
     pytensor.compile.function.types.Function
-        ``build()``'s function, or an equal one loaded from the cache. Functions with shared variables
-        are built every time (their state belongs to the caller), as is everything while the cache is off.
+        ``build()``'s function, or an equal one loaded from the cache (everything is built while the
+        cache is off).
     """
     folder = function_cache_dir()
     if folder is None:
@@ -439,7 +450,8 @@ def recipe_function(recipe: Any, build: Callable[[], Any]) -> Any:
             function_cache_events["recipe_hit"] += 1
             return fn
     fn = build()
-    if any(inp.shared or inp.implicit or inp.update is not None for inp in fn.maker.inputs):
+    shared = any(inp.shared or inp.implicit for inp in fn.maker.inputs)
+    if any(inp.update is not None for inp in fn.maker.inputs) or (shared and not recipe_holds_shared_values):
         function_cache_events["recipe_uncacheable"] += 1
     else:
         _store_maker(folder, path, fn.maker, "recipe_miss")

@@ -10,6 +10,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
+import xarray as xr
 from pytensor.compile import mode as pytensor_mode
 
 from bayescal import compilation as compilation_module
@@ -240,3 +241,38 @@ def test_recipe_functions_with_shared_variables_are_built_every_time(cache_dir):
     assert function_cache_events["recipe_uncacheable"] == 2 and function_cache_events["recipe_hit"] == 0
     scale.set_value(np.array([10.0, 20.0]))
     assert first(np.ones(2)) == second(np.ones(2)) == 30.0
+
+
+MAP_SCRIPT = textwrap.dedent("""
+    from bayescal.compilation import function_cache_events
+    from bayescal.inference import fit
+    from bayescal.market import bundled_demo_chain, read_chain
+    from bayescal.spec import load_spec
+    result = fit(load_spec("svi").with_fit(method="map", draws=100, chains=2), read_chain(bundled_demo_chain()),
+                 progressbar=False, arbitrage_check=False)
+    print(function_cache_events["recipe_miss"], function_cache_events["recipe_hit"])
+    print(repr(result.posterior["svi_vmin"].to_numpy().tolist()))
+""")
+
+
+def test_map_log_density_is_loaded_by_model_recipe_in_a_fresh_process(cache_dir):
+    """MAP's log density + gradient is cached by what the model is built from (spec and quotes): a second
+    process skips PyMC's log-density construction and finds the same posterior, bit for bit."""
+    runs = [subprocess.run([sys.executable, "-c", MAP_SCRIPT], capture_output=True, text=True, check=True,
+                           env={**os.environ, FUNCTION_CACHE_ENV: str(cache_dir)}).stdout.splitlines()
+            for _ in range(2)]
+    assert runs[0][0] == "1 0" and runs[1][0] == "0 1"
+    assert runs[0][1] == runs[1][1]
+
+
+def test_dataset_descriptions_hold_every_value():
+    """Recipes hold datasets (a fit's quotes): any changed value, name or attribute changes the key;
+    object arrays are described by content, not by their buffers of pointers."""
+    def quotes(strike=2.0, label="BTC-1", attrs=None):
+        return xr.Dataset({"strike": ("quote", [1.0, strike]), "instrument": ("quote", np.array(["a", label], object))},
+                          coords={"quote": [0, 1]}, attrs=attrs or {})
+
+    key = compilation_module._value_key
+    assert key(quotes()) == key(quotes())  # equal content, separately built object arrays
+    assert len({repr(key(q)) for q in (quotes(), quotes(strike=2.5), quotes(label="BTC-2"),
+                                       quotes(attrs={"source": "x"}), quotes().rename(strike="k"))}) == 5
