@@ -387,6 +387,17 @@ def source_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def defined_in_bayescal(*objects: Any) -> bool:
+    """True when every object's class (or the class itself), with all its bases, is bayescal's own code,
+    which :func:`source_fingerprint` covers (builtins and ``abc`` bases aside)."""
+    for obj in objects:
+        cls = obj if inspect.isclass(obj) else type(obj)
+        if any(c.__module__ not in ("builtins", "abc") and c.__module__.split(".")[0] != "bayescal"
+               for c in cls.__mro__):
+            return False
+    return True
+
+
 def _recipe_key(recipe: Any) -> str:
     import pymc
     import pymc_extras
@@ -412,8 +423,9 @@ def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_share
     Parameters
     ----------
     recipe : object
-        A description built of plain values (strings, numbers, tuples, dicts); nothing that refers to
-        code outside bayescal (that code is not in the fingerprint).
+        A description built of values (strings, numbers, tuples, dicts, arrays, datasets, bayescal
+        objects); nothing whose behaviour depends on code outside bayescal, which is not in the
+        fingerprint (check classes with :func:`defined_in_bayescal`).
     build : callable
         Builds and compiles the function (``pytensor.function``), e.g. with :func:`compile_mode`.
     recipe_holds_shared_values : bool

@@ -19,7 +19,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from bayescal.arbitrage import arbitrage_free_share
-from bayescal.compilation import compilation, compile_mode, recipe_function
+from bayescal.compilation import compilation, compile_mode, defined_in_bayescal, recipe_function
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM
 from bayescal.diagnostics import approximate_gate, convergence_gate, fit_quality
 from bayescal.errors import CalibrationError, QuoteValidationError
@@ -371,7 +371,9 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     extra = {}
     if cfg.method == "nuts" and initvals:
         extra["initvals"] = _matching_initvals(model, initvals)
-    if cfg.method == "map":  # everything build_model reads, so that compiled functions can be cached by it
+    pricing = get_pricing_model(spec.model, **spec.model_settings)
+    if cfg.method == "map" and defined_in_bayescal(pricing, spec.likelihood):
+        # everything build_model reads, so that compiled functions can be cached by it
         extra["recipe"] = ("model", spec.model, spec.model_settings, spec.prior_set, spec.likelihood, used)
     t0 = time.perf_counter()
     with compilation():
@@ -382,7 +384,6 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
         _add_observation_groups(idata, model, random_seed=cfg.random_seed + 1)
         gate = convergence_gate(idata, free) if cfg.method == "nuts" else approximate_gate(cfg.method, fit_problems)
         quality = fit_quality(idata)
-        pricing = get_pricing_model(spec.model, **spec.model_settings)
         posterior, const = idata["posterior"].to_dataset(), idata["constant_data"].to_dataset()
         if arbitrage_check:
             quality.update(arbitrage_free_share(pricing, posterior, const))

@@ -14,6 +14,7 @@ import pytensor.tensor as pt
 from bayescal.conventions import EXPIRY_DIM, QUOTE_DIM
 from bayescal.errors import SpecError
 from bayescal.priors import PriorSet
+from bayescal.registry import register
 
 LIKELIHOODS: dict[str, type[IVLikelihood]] = {}
 
@@ -55,7 +56,7 @@ class IVLikelihood:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        LIKELIHOODS[cls.lookup_name] = cls
+        register(LIKELIHOODS, cls, "likelihood")
 
     def noise(
         self, priors: PriorSet, half_spread_iv: pt.TensorVariable, expiry_idx: pt.TensorVariable

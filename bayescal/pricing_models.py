@@ -21,7 +21,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pymc_extras.prior import Prior
 
-from bayescal.compilation import compile_mode, recipe_function
+from bayescal.compilation import compile_mode, defined_in_bayescal, recipe_function
 from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
 from bayescal.kernels.bates import bates_norm_price
@@ -33,6 +33,7 @@ from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_ra
 from bayescal.market.filters import near_money_iv
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.priors import PriorSet
+from bayescal.registry import register
 
 REGISTRY: dict[str, type[PricingModel]] = {}
 #: Compiled kernel functions by (model, settings, purpose): see :meth:`PricingModel.compiled`.
@@ -86,7 +87,7 @@ class PricingModel(ABC):
             raise TypeError(f"{cls.__name__}: parameters, supports and per_expiry disagree")
         if cls.output not in ("iv", "norm_price"):
             raise TypeError(f"{cls.__name__}: output must be 'iv' or 'norm_price'")
-        REGISTRY[cls.lookup_name] = cls
+        register(REGISTRY, cls, "pricing model")
 
     def __init__(self, **settings: Any) -> None:
         unknown = sorted(set(settings) - set(self.settings_defaults()))
@@ -215,9 +216,8 @@ class PricingModel(ABC):
         """
         key = (self.lookup_name, repr(sorted(self.settings.items())), purpose)
         if key not in _COMPILED:
-            classes = [c for c in type(self).__mro__ if c not in (object, ABC)]
-            if all(c.__module__.split(".")[0] == "bayescal" for c in classes):
-                recipe = ("pricing model", [f"{c.__module__}.{c.__qualname__}" for c in classes], *key)
+            if defined_in_bayescal(self):
+                recipe = ("pricing model", f"{type(self).__module__}.{type(self).__qualname__}", *key)
                 _COMPILED[key] = recipe_function(recipe, build)
             else:  # code outside bayescal is not in the recipe cache's source fingerprint
                 _COMPILED[key] = build()

@@ -276,3 +276,18 @@ def test_dataset_descriptions_hold_every_value():
     assert key(quotes()) == key(quotes())  # equal content, separately built object arrays
     assert len({repr(key(q)) for q in (quotes(), quotes(strike=2.5), quotes(label="BTC-2"),
                                        quotes(attrs={"source": "x"}), quotes().rename(strike="k"))}) == 5
+
+
+def test_recipes_only_trust_bayescal_code():
+    """Recipes key bayescal's code by its source fingerprint: classes from elsewhere (a base or a subclass
+    outside bayescal) must not be cached by recipe."""
+    from bayescal.likelihoods import IVLikelihood
+    from bayescal.pricing_models import get_pricing_model
+    from bayescal.spec import load_spec
+
+    class UserLikelihood(IVLikelihood):
+        pass
+
+    assert compilation_module.defined_in_bayescal(get_pricing_model("heston"), load_spec("heston").likelihood)
+    assert not compilation_module.defined_in_bayescal(UserLikelihood)
+    assert not compilation_module.defined_in_bayescal(compilation_module.CachingNumbaLinker())  # a PyTensor base

@@ -38,6 +38,25 @@ def flat_fit(demo_quotes):
 
 def test_registry_has_the_models():
     assert {"svi", "black76", "ssvi"} <= set(REGISTRY)
+
+
+def test_subclasses_never_replace_a_registered_model_or_likelihood():
+    """A variant without its own lookup_name stays unregistered (it used to replace its parent, so that every
+    spec naming the parent built the variant); a variant claiming a taken key is refused."""
+    from bayescal.likelihoods import LIKELIHOODS, IVLikelihood
+
+    heston = REGISTRY["heston"]
+
+    class Variant(heston):
+        pass
+
+    class LikelihoodVariant(IVLikelihood):
+        pass
+
+    assert REGISTRY["heston"] is heston and LIKELIHOODS["normal_iv"] is IVLikelihood
+    with pytest.raises(TypeError, match="'heston' .* already registered by bayescal.pricing_models.HestonSurface"):
+        type("Claimant", (heston,), {"lookup_name": "heston"})
+    assert REGISTRY["heston"] is heston
     with pytest.raises(SpecError, match="unknown pricing model 'nope'"):
         get_pricing_model("nope")
     with pytest.raises(SpecError, match="unknown setting"):
