@@ -131,8 +131,11 @@ def _fit_pathfinder(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.Da
     # compile_kwargs: pymc-extras compiles its draw-transform graph (every deterministic, the pricing
     # graph included, over all draws) in FAST_COMPILE, i.e. Python-level ops: 22 s of a 49 s Heston
     # fit on the BTC bench chain; in bayescal's numba mode the whole fit took 26 s
+    # parallel=False: the paths run one after another in this process. Worker processes each link the
+    # compiled functions again, and a path of these small models is about a second of L-BFGS: on the BTC
+    # Heston bench fit (4 paths, 2 cores) pymc-extras took 17.5 s serially and 21.5 s in parallel
     return fit_pathfinder(model=model, num_paths=cfg.pathfinder_paths, num_draws=cfg.chains * cfg.draws,
-                          random_seed=cfg.random_seed, progressbar=progressbar,
+                          random_seed=cfg.random_seed, progressbar=progressbar, parallel=False,
                           compile_kwargs={"mode": compile_mode()})
 
 
@@ -365,7 +368,8 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     """
     filtered = filter_quotes(quotes, spec.filters)
     used = used_quotes(filtered)
-    model = build_model(spec, used)
+    with compilation():
+        model = build_model(spec, used)
     cfg = spec.fit
     free = [v.name for v in model.free_RVs]
     extra = {}
