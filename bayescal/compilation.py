@@ -336,7 +336,14 @@ def _load_maker(path: Path) -> FunctionMaker | None:
     return maker
 
 
+#: entries this process could not store (e.g. a graph with an op that does not pickle): not tried again
+_unstorable: set[Path] = set()
+
+
 def _store_maker(folder: Path, path: Path, maker: FunctionMaker, event: str) -> None:
+    if path in _unstorable:
+        function_cache_events["store_failed"] += 1
+        return
     try:
         write_bytes_atomic(path, _pickle_maker(maker))
         function_cache_events[event] += 1
@@ -344,6 +351,7 @@ def _store_maker(folder: Path, path: Path, maker: FunctionMaker, event: str) -> 
     except Exception as why:  # e.g. an op that does not pickle, or a read-only cache folder
         _log.debug("function cache: could not store %s (%s)", path, why)
         function_cache_events["store_failed"] += 1
+        _unstorable.add(path)
 
 
 def _cached_function_maker(inputs, outputs, mode, **kwargs) -> FunctionMaker:
@@ -446,8 +454,8 @@ def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_share
         return build()
     try:
         key = _recipe_key(recipe)
-    except _Unkeyable as why:
-        _log.debug("function cache: recipe not keyable: %s", why)
+    except Exception as why:  # _Unkeyable, or anything else: a key must never stop a compilation
+        _log.debug("function cache: recipe not keyable (%s: %s)", type(why).__name__, why)
         function_cache_events["recipe_uncacheable"] += 1
         return build()
     path = folder / f"recipe-{key}.pkl"
