@@ -35,6 +35,8 @@ compiled function, and a hit skips building the graph altogether.
 from __future__ import annotations
 
 import contextlib
+import copy
+import copyreg
 import functools
 import hashlib
 import inspect
@@ -56,7 +58,7 @@ from pytensor.compile import mode as pytensor_mode
 from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.io import SymbolicInput, SymbolicOutput
 from pytensor.compile.maker import FunctionMaker
-from pytensor.graph.basic import Constant, Variable
+from pytensor.graph.basic import Apply, Constant, Variable
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 from pytensor.graph.traversal import toposort
@@ -288,12 +290,21 @@ def _op_from_graph_without_caches(cls: type, state: dict[str, Any]) -> OpFromGra
 
 
 class _MakerPickler(pickle.Pickler):
-    """Pickles OpFromGraph ops without their gradient caches."""
+    """Pickles OpFromGraph ops without their gradient caches, and nodes without their cached ufuncs.
+
+    PyTensor's ``Apply.__getstate__`` drops a node's ``tag.ufunc`` (numpy ufuncs do not pickle) by
+    deleting it from the live node's tag, so pickling a maker would change the caller's graph; here
+    the node is pickled with a copy of its tag instead.
+    """
 
     def reducer_override(self, obj):
         if isinstance(obj, OpFromGraph):
             state = {k: v for k, v in vars(obj).items() if k not in _OFG_GRADIENT_CACHES}
             return _op_from_graph_without_caches, (type(obj), state)
+        if isinstance(obj, Apply) and "ufunc" in vars(obj.tag):
+            tag = copy.copy(obj.tag)
+            del tag.ufunc
+            return copyreg.__newobj__, (type(obj),), {**vars(obj), "tag": tag}
         return NotImplemented
 
 

@@ -2,6 +2,7 @@
 its cache of rewritten graphs across processes."""
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -291,3 +292,17 @@ def test_recipes_only_trust_bayescal_code():
     assert compilation_module.defined_in_bayescal(get_pricing_model("heston"), load_spec("heston").likelihood)
     assert not compilation_module.defined_in_bayescal(UserLikelihood)
     assert not compilation_module.defined_in_bayescal(compilation_module.CachingNumbaLinker())  # a PyTensor base
+
+
+def test_storing_a_function_leaves_the_callers_graph_untouched(cache_dir):
+    """PyTensor's Apply.__getstate__ deletes a node's cached ufunc from the live node; the cache pickles a
+    copy of the tag instead, so storing a function never changes the graph it came from."""
+    x = pt.vector("x")
+    f = pytensor.function([x], pt.exp(x) + 1.0, mode=compile_mode())
+    node = f.maker.fgraph.toposort()[0]
+    node.tag.ufunc = np.exp
+    blob = compilation_module._pickle_maker(f.maker)
+    assert node.tag.ufunc is np.exp
+    loaded = pickle.loads(blob)
+    assert all("ufunc" not in vars(n.tag) for n in loaded.fgraph.apply_nodes)
+    assert loaded.create()(np.zeros(2)).tolist() == [2.0, 2.0]
