@@ -45,7 +45,7 @@ import logging
 import os
 import pickle
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -396,6 +396,11 @@ def _cached_function_maker(inputs, outputs, mode, **kwargs) -> FunctionMaker:
     return maker
 
 
+#: functions kept in memory by :func:`recipe_function`, most recently used last (at most RECENT_RECIPES)
+_recent_recipes: OrderedDict[str, Any] = OrderedDict()
+RECENT_RECIPES = 8
+
+
 @functools.cache
 def source_fingerprint() -> str:
     """sha256 of bayescal's Python source files (their paths in the package and their bytes)."""
@@ -437,7 +442,8 @@ def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_share
     the recipe. The key adds :func:`source_fingerprint` (any change to bayescal's code is a miss), the
     PyTensor, numba, numpy, PyMC and pymc-extras versions, :func:`compile_mode`'s rewrites and the
     PyTensor flags in :data:`_REWRITE_FLAGS`. A hit loads the stored ``FunctionMaker`` and links it,
-    without building or keying the graph.
+    without building or keying the graph; the last :data:`RECENT_RECIPES` functions are also kept in
+    memory, so a process asking again (a refit with another seed) gets the same function object.
 
     Parameters
     ----------
@@ -469,8 +475,13 @@ def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_share
         _log.debug("function cache: recipe not keyable (%s: %s)", type(why).__name__, why)
         function_cache_events["recipe_uncacheable"] += 1
         return build()
+    if key in _recent_recipes:  # loaded or built earlier in this process (e.g. refits with other seeds)
+        _recent_recipes.move_to_end(key)
+        function_cache_events["recipe_hit"] += 1
+        return _recent_recipes[key]
     path = folder / f"recipe-{key}.pkl"
     maker = _load_maker(path)
+    fn = None
     if maker is not None:
         try:
             fn = maker.create()
@@ -479,13 +490,16 @@ def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_share
             function_cache_events["load_failed"] += 1
         else:
             function_cache_events["recipe_hit"] += 1
+    if fn is None:
+        fn = build()
+        shared = any(inp.shared or inp.implicit for inp in fn.maker.inputs)
+        if any(inp.update is not None for inp in fn.maker.inputs) or (shared and not recipe_holds_shared_values):
+            function_cache_events["recipe_uncacheable"] += 1
             return fn
-    fn = build()
-    shared = any(inp.shared or inp.implicit for inp in fn.maker.inputs)
-    if any(inp.update is not None for inp in fn.maker.inputs) or (shared and not recipe_holds_shared_values):
-        function_cache_events["recipe_uncacheable"] += 1
-    else:
         _store_maker(folder, path, fn.maker, "recipe_miss")
+    _recent_recipes[key] = fn
+    while len(_recent_recipes) > RECENT_RECIPES:
+        _recent_recipes.popitem(last=False)
     return fn
 
 

@@ -89,6 +89,7 @@ def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "functions"
     monkeypatch.setenv(FUNCTION_CACHE_ENV, str(folder))
     function_cache_events.clear()
+    compilation_module._recent_recipes.clear()
     return folder
 
 
@@ -226,8 +227,10 @@ def test_recipe_key_holds_the_recipe_and_the_source(cache_dir, monkeypatch):
         return pytensor.function([x], pt.exp(x), mode=compile_mode())
 
     recipe_function(("exp", 1), build)
-    assert recipe_function(("exp", 1), build)(np.zeros(1))[0] == 1.0
-    assert len(builds) == 1 and function_cache_events["recipe_hit"] == 1
+    assert recipe_function(("exp", 1), build)(np.zeros(1))[0] == 1.0  # kept in memory
+    compilation_module._recent_recipes.clear()
+    assert recipe_function(("exp", 1), build)(np.zeros(1))[0] == 1.0  # loaded from the folder
+    assert len(builds) == 1 and function_cache_events["recipe_hit"] == 2
     recipe_function(("exp", 2), build)  # another recipe
     monkeypatch.setattr(compilation_module, "source_fingerprint", lambda: "edited source")
     recipe_function(("exp", 1), build)  # same recipe, other code
@@ -306,3 +309,14 @@ def test_storing_a_function_leaves_the_callers_graph_untouched(cache_dir):
     loaded = pickle.loads(blob)
     assert all("ufunc" not in vars(n.tag) for n in loaded.fgraph.apply_nodes)
     assert loaded.create()(np.zeros(2)).tolist() == [2.0, 2.0]
+
+
+def test_recipe_functions_in_memory_are_bounded(cache_dir, monkeypatch):
+    monkeypatch.setattr(compilation_module, "RECENT_RECIPES", 2)
+    x = pt.vector("x")
+    functions = [recipe_function(("power", p), lambda p=p: pytensor.function([x], x**p, mode=compile_mode()))
+                 for p in (1.0, 2.0, 3.0)]
+    assert len(compilation_module._recent_recipes) == 2
+    assert recipe_function(("power", 3.0), lambda: None) is functions[2]  # still in memory
+    again = recipe_function(("power", 1.0), lambda: None)  # evicted: loaded from the folder
+    assert again is not functions[0] and again(np.array([2.0]))[0] == 2.0
