@@ -114,16 +114,8 @@ def posterior_greeks(result: CalibrationResult, expiry: int | str, strike, cp, *
     discount = float(np.unique(quotes["discount_factor"].to_numpy()[
         np.isin(quotes["quote"].to_numpy(), const["quote"].to_numpy()[in_e])])[0])
     pricing = get_pricing_model(result.idata.attrs["model"], **result.spec.get("model_settings", {}))
-    params = []
-    for name in pricing.kernel_inputs:
-        var = posterior[pricing.name(name)]
-        if name in pricing.per_expiry_inputs:
-            var = var.isel({EXPIRY_DIM: e})
-        params.append(var.to_numpy().reshape(-1, 1))
-    n_draws = params[0].shape[0]
-    keep = np.linspace(0, n_draws - 1, min(n_draws, max_draws)).round().astype(int)
-    params = [p[keep] for p in params]
-    shape = (len(keep), strike.size)
+    params = pricing.expiry_draws(posterior, e, max_draws)
+    shape = (params[0].shape[0], strike.size)
     outputs = _greeks_function(pricing)(
         np.full(shape, forward), np.broadcast_to(strike, shape).copy(), np.full(shape, tau), np.zeros(shape),
         cp, np.full(strike.size, discount), *params,

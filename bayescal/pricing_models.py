@@ -256,8 +256,22 @@ class PricingModel(ABC):
         return pytensor.function([k, tau, cp, *params.values()], [out, d_k, d_kk], on_unused_input="ignore",
                                  mode=compile_mode())
 
-    def _grid_draws(self, posterior: xr.Dataset, expiry: int, max_draws: int) -> list[np.ndarray]:
-        """Kernel inputs of the posterior draws as (n_draws, 1) columns, price models thinned to ``max_draws``."""
+    def expiry_draws(self, posterior: xr.Dataset, expiry: int, max_draws: int | None = None) -> list[np.ndarray]:
+        """The kernel inputs of posterior draws for one expiry, in :attr:`kernel_inputs` order.
+
+        Parameters
+        ----------
+        posterior : xarray.Dataset
+            Posterior draws (chain, draw, ...).
+        expiry : int
+            Expiry index (selects per-expiry parameters).
+        max_draws : int, optional
+            At most this many evenly thinned draws (all draws when ``None``).
+
+        Returns
+        -------
+        list of numpy.ndarray, each shape (n_draws_used, 1)
+        """
         draws = []
         for n in self.kernel_inputs:
             var = posterior[self.name(n)]
@@ -265,7 +279,7 @@ class PricingModel(ABC):
                 var = var.isel({EXPIRY_DIM: expiry})
             draws.append(var.to_numpy().reshape(-1, 1))
         n_draws = draws[0].shape[0]
-        if self.output == "norm_price" and n_draws > max_draws:
+        if max_draws is not None and n_draws > max_draws:
             keep = np.linspace(0, n_draws - 1, max_draws).round().astype(int)
             draws = [v[keep] for v in draws]
         return draws
@@ -280,7 +294,8 @@ class PricingModel(ABC):
         """
         k = np.asarray(k, float)
         cp = np.where(k >= 0, 1.0, -1.0)
-        out = self._grid_function(k, float(tau), cp, *self._grid_draws(posterior, expiry, max_draws))
+        thin = max_draws if self.output == "norm_price" else None
+        out = self._grid_function(k, float(tau), cp, *self.expiry_draws(posterior, expiry, thin))
         if self.output == "iv":
             return np.asarray(out)
         iv, _ = implied_vol_black76(np.asarray(out), 1.0, np.exp(k)[None, :], tau, cp[None, :])
@@ -321,7 +336,7 @@ class PricingModel(ABC):
         if self.output != "norm_price":
             raise TypeError(f"{self.lookup_name}: norm_price_on_grid is for price-output models "
                             f"(output {self.output!r})")
-        draws = self._grid_draws(posterior, expiry, max_draws)
+        draws = self.expiry_draws(posterior, expiry, max_draws)
         k = np.broadcast_to(np.asarray(k, float), (draws[0].shape[0], np.size(k)))
         fn = self.compiled("grid_derivatives", self._build_grid_derivatives_function)
         return tuple(np.asarray(x) for x in fn(k, float(tau), np.where(k >= 0, 1.0, -1.0), *draws))
