@@ -232,6 +232,14 @@ def _walk(inputs: list[Variable], outputs: list[Variable], parts: list[Any]) -> 
         parts.append(("output", position(var, "output")))
 
 
+def _compiler_key(mode: pytensor_mode.Mode) -> tuple:
+    """What compiles a graph, for every key: the cache format, PyTensor and numba versions, the mode's linker
+    and rewrite query and the PyTensor flags in :data:`_REWRITE_FLAGS`. Raises _Unkeyable."""
+    flags = tuple((name, str(getattr(pytensor.config, name))) for name in _REWRITE_FLAGS)
+    return (_CACHE_FORMAT, pytensor.__version__, numba.__version__, type(mode.linker).__qualname__,
+            _query_key(mode.provided_optimizer), flags)
+
+
 def graph_key(inputs: Sequence[SymbolicInput], outputs: Sequence[Any], mode: pytensor_mode.Mode,
               settings: dict[str, Any]) -> str | None:
     """Key of one compilation: equal keys compile to equal functions (``None``: not keyable).
@@ -256,10 +264,7 @@ def graph_key(inputs: Sequence[SymbolicInput], outputs: Sequence[Any], mode: pyt
     if not isinstance(outputs, list | tuple):
         outputs = [outputs]
     try:
-        query = _query_key(mode.provided_optimizer)
-        flags = tuple((name, str(getattr(pytensor.config, name))) for name in _REWRITE_FLAGS)
-        parts: list[Any] = [_CACHE_FORMAT, pytensor.__version__, numba.__version__, type(mode.linker).__qualname__,
-                            query, flags, _value_key(settings)]
+        parts: list[Any] = [*_compiler_key(mode), _value_key(settings)]
         for i, inp in enumerate(inputs):
             value = inp.value
             if value is not None and hasattr(value, "storage"):  # a shared variable's container
@@ -403,7 +408,13 @@ RECENT_RECIPES = 8
 
 @functools.cache
 def source_fingerprint() -> str:
-    """sha256 of bayescal's Python source files (their paths in the package and their bytes)."""
+    """sha256 of bayescal's Python source files (their paths in the package and their bytes).
+
+    Returns
+    -------
+    str
+        64 hex digits; computed once per process (the files are read at the first call).
+    """
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
@@ -412,8 +423,19 @@ def source_fingerprint() -> str:
 
 
 def defined_in_bayescal(*objects: Any) -> bool:
-    """True when every object's class (or the class itself), with all its bases, is bayescal's own code,
-    which :func:`source_fingerprint` covers (builtins and ``abc`` bases aside)."""
+    """Whether the objects' code is all bayescal's own, which :func:`source_fingerprint` covers.
+
+    Parameters
+    ----------
+    *objects : object or type
+        Instances (their class is checked) or classes.
+
+    Returns
+    -------
+    bool
+        True when every class, with all its bases (``builtins`` and ``abc`` aside), is defined in a
+        ``bayescal`` module; False as soon as one is not (e.g. a user's subclass, or a PyTensor base).
+    """
     for obj in objects:
         cls = obj if inspect.isclass(obj) else type(obj)
         if any(c.__module__ not in ("builtins", "abc") and c.__module__.split(".")[0] != "bayescal"
@@ -426,11 +448,8 @@ def _recipe_key(recipe: Any) -> str:
     import pymc
     import pymc_extras
 
-    mode = compile_mode()
-    flags = tuple((name, str(getattr(pytensor.config, name))) for name in _REWRITE_FLAGS)
-    parts = [_CACHE_FORMAT, "recipe", _value_key(recipe), source_fingerprint(), pytensor.__version__,
-             numba.__version__, np.__version__, pymc.__version__, pymc_extras.__version__,
-             _query_key(mode.provided_optimizer), flags]
+    parts = [*_compiler_key(compile_mode()), "recipe", _value_key(recipe), source_fingerprint(), np.__version__,
+             pymc.__version__, pymc_extras.__version__]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -514,7 +533,7 @@ def compilation() -> Iterator[None]:
 
     Inside the block, graph nodes are created without their creation stack trace
     (``traceback__limit = 0``) unless ``PYTENSOR_FLAGS`` sets that limit: extracting the stack for every
-    node took 1.5 s of graph building in a Heston Pathfinder fit, and the traces only serve PyTensor's
+    node took about 1.3 s of a Heston Pathfinder fit on the BTC chain, and the traces only serve PyTensor's
     error messages.
 
     Not thread-safe: the block changes process-wide PyTensor settings (restored on exit).

@@ -6,7 +6,16 @@ from typing import Any
 
 
 def register(registry: dict[str, Any], cls: type, what: str) -> None:
-    """Register ``cls`` under its own ``lookup_name``.
+    """Register ``cls`` under its own ``lookup_name`` in ``registry``.
+
+    Parameters
+    ----------
+    registry : dict
+        Registered classes by key (e.g. ``bayescal.pricing_models.REGISTRY``).
+    cls : type
+        The class being defined (called from ``__init_subclass__``).
+    what : str
+        What the registry holds, for the error message (``"pricing model"``, ``"likelihood"``).
 
     A subclass that does not set ``lookup_name`` itself (e.g. a user's variant of a built-in model) is
     not registered: it would otherwise replace its parent under the parent's key. Defining a class again
