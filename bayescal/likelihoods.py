@@ -21,6 +21,9 @@ LIKELIHOODS: dict[str, type[IVLikelihood]] = {}
 #: How price-model outputs become model IVs (see :meth:`IVLikelihood.model_iv_from_price`).
 PRICE_TO_IV = ("exact", "vega_map")
 
+#: Noise-floor layouts: one ``sigma_obs`` per expiry, or one for the whole chain.
+NOISE_FLOORS = ("per_expiry", "shared")
+
 #: standard deviation of a uniform distribution on [bid, ask] in units of the half-spread
 UNIFORM_SD_PER_HALF_SPREAD = 1.0 / 3.0**0.5
 
@@ -31,9 +34,12 @@ class IVLikelihood:
 
     ``mid_iv_i ~ Normal(iv_model_i, s_i)``, ``s_i = sqrt(sigma_obs[e(i)]**2 + (spread_weight *
     half_spread_iv_i)**2)``, where ``half_spread_iv = (ask_iv - bid_iv) / 2`` (decimal vol) and
-    ``sigma_obs`` (one per expiry, prior key ``sigma_obs``) is the model-error floor. With the
-    default ``spread_weight = 1/sqrt(3)`` a quote's spread term is the standard deviation of a
+    ``sigma_obs`` (prior key ``sigma_obs``; one per expiry by default) is the model-error floor. With
+    the default ``spread_weight = 1/sqrt(3)`` a quote's spread term is the standard deviation of a
     uniform belief on [bid IV, ask IV], so wide far-wing markets weigh less than tight ATM ones.
+    ``spread_weight = 0`` with ``noise_floor = "shared"`` gives every quote the same noise: the
+    posterior mode is then the least-squares IV fit of the deterministic peers (QuantLib's or
+    financepy's calibrators) regularized by the priors.
 
     Price-output models (Heston, Bates, Merton) reach the IV observable through
     :meth:`model_iv_from_price`, by default the exact Black-76 implied vol of the model price.
@@ -42,6 +48,9 @@ class IVLikelihood:
     ----------
     spread_weight : float
         Multiplier of the half-spread in the noise scale (>= 0).
+    noise_floor : {"per_expiry", "shared"}
+        ``"per_expiry"`` (default): one ``sigma_obs`` per expiry, so an expiry the model cannot fit
+        (e.g. the shortest one for a diffusion) does not drag the others; ``"shared"``: one for all.
     price_to_iv : {"exact", "vega_map"}
         How a price model's output becomes a model IV: ``"exact"`` (default) inverts the model price
         in the graph (:func:`bayescal.kernels.black76_norm_implied_vol`); ``"vega_map"`` uses the
@@ -53,6 +62,7 @@ class IVLikelihood:
     noise_parameters: ClassVar[tuple[str, ...]] = ("sigma_obs",)
     spread_weight: float = UNIFORM_SD_PER_HALF_SPREAD
     price_to_iv: str = "exact"
+    noise_floor: str = "per_expiry"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,11 +71,14 @@ class IVLikelihood:
     def noise(
         self, priors: PriorSet, half_spread_iv: pt.TensorVariable, expiry_idx: pt.TensorVariable
     ) -> pt.TensorVariable:
-        """Per-quote noise scale (decimal vol); creates ``sigma_obs`` with dims ``expiry``."""
+        """Per-quote noise scale (decimal vol); creates ``sigma_obs`` (dims ``expiry``, or scalar if shared)."""
         from bayescal.pricing_models import with_dims
 
-        sigma_obs = with_dims(priors.priors["sigma_obs"], (EXPIRY_DIM,)).create_variable("sigma_obs")
-        return pt.sqrt(sigma_obs[expiry_idx] ** 2 + (self.spread_weight * half_spread_iv) ** 2)
+        if self.noise_floor == "shared":
+            floor = priors.priors["sigma_obs"].create_variable("sigma_obs")
+        else:
+            floor = with_dims(priors.priors["sigma_obs"], (EXPIRY_DIM,)).create_variable("sigma_obs")[expiry_idx]
+        return pt.sqrt(floor**2 + (self.spread_weight * half_spread_iv) ** 2)
 
     def model_iv_from_price(self, c_model: pt.TensorVariable, k: pt.TensorVariable, tau: pt.TensorVariable,
                             cp: pt.TensorVariable, c_mid: pt.TensorVariable, mid_iv: pt.TensorVariable,
@@ -144,6 +157,8 @@ def make_likelihood(settings: dict[str, Any]) -> IVLikelihood:
         problems.append(f"spread_weight must be >= 0 (got {lik.spread_weight!r})")
     if lik.price_to_iv not in PRICE_TO_IV:
         problems.append(f"price_to_iv must be one of {list(PRICE_TO_IV)} (got {lik.price_to_iv!r})")
+    if lik.noise_floor not in NOISE_FLOORS:
+        problems.append(f"noise_floor must be one of {list(NOISE_FLOORS)} (got {lik.noise_floor!r})")
     if problems:
         raise SpecError(f"likelihood {kind!r}: " + "; ".join(problems))
     return lik

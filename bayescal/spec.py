@@ -146,6 +146,18 @@ class CalibrationSpec:
             raise SpecError("invalid fit override(s):\n  - " + "\n  - ".join(fit.problems()))
         return replace(self, fit=fit)
 
+    def with_likelihood(self, **overrides: Any) -> CalibrationSpec:
+        """A copy with some likelihood settings overridden (same kind; ``None`` values are ignored).
+
+        Raises
+        ------
+        SpecError
+            If the resulting likelihood settings are invalid (:func:`bayescal.likelihoods.make_likelihood`).
+        """
+        settings = {"kind": self.likelihood.lookup_name, **asdict(self.likelihood)}
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(self, likelihood=make_likelihood(settings))
+
 
 def resolve_spec_path(ref: str | Path) -> Path:
     """Path of a spec given as a file or as a name in ``models/`` (``"svi"`` -> ``models/svi.toml``)."""

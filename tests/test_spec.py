@@ -90,8 +90,9 @@ def test_likelihood_settings_are_validated_together():
     from bayescal.likelihoods import make_likelihood
 
     with pytest.raises(SpecError) as info:
-        make_likelihood({"kind": "normal_iv", "spread_weight": -1.0, "price_to_iv": "newton"})
+        make_likelihood({"kind": "normal_iv", "spread_weight": -1.0, "price_to_iv": "newton", "noise_floor": "quote"})
     message = str(info.value)
+    assert "noise_floor must be one of ['per_expiry', 'shared'] (got 'quote')" in message
     assert "spread_weight must be >= 0 (got -1.0)" in message
     assert "price_to_iv must be one of ['exact', 'vega_map'] (got 'newton')" in message
     assert make_likelihood({"kind": "student_t_iv", "price_to_iv": "vega_map"}).price_to_iv == "vega_map"
