@@ -44,6 +44,27 @@ def _black_vega_norm(k: np.ndarray, tau: np.ndarray, iv: np.ndarray) -> np.ndarr
     return np.exp(-0.5 * d1 * d1) / np.sqrt(2.0 * np.pi) * np.sqrt(tau)
 
 
+def _as_one_node(outputs: list[pt.TensorVariable], parameters: list[pt.TensorVariable]) -> list[pt.TensorVariable]:
+    """The graph from the model's parameters and data to ``outputs`` as one inlined ``OpFromGraph`` node.
+
+    PyMC derives a log density by rewriting the whole model graph (``construct_ir_fgraph``); the
+    pricing graph holds no random variable, so wrapping it leaves PyMC nothing to walk there. The node
+    is inlined when a function is compiled, so the compiled graph computes the same values (log
+    densities equal, gradients within 2e-16 relative on all seven models). Measured on the BTC Heston
+    bench chain: ``model.logp()`` 0.97 s -> 0.06 s (Bates 1.52 -> 0.09 s, SABR 0.68 -> 0.10 s);
+    pymc-extras' Pathfinder derives it three times (17.5 -> 13.1 s).
+    """
+    from pytensor.compile.builders import OpFromGraph
+    from pytensor.graph.basic import Constant
+    from pytensor.graph.traversal import ancestors
+
+    inputs = [v for v in ancestors(outputs, blockers=parameters)
+              if (v.owner is None or v in parameters) and not isinstance(v, Constant)]
+    node = OpFromGraph(inputs, outputs, inline=True, name="pricing")
+    result = node(*inputs)
+    return list(result) if isinstance(result, list | tuple) else [result]
+
+
 def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
     """The PyMC model of ``spec`` on the used quotes (output of :func:`bayescal.market.used_quotes`).
 
@@ -85,11 +106,14 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
         out = pricing.model_output(spec.prior_set, data["k"], data["tau"], data["cp"], data["expiry_idx"], tau_e,
                                    quotes=used)
         if pricing.output == "norm_price":
-            out = pm.Deterministic("norm_price_model", out, dims=QUOTE_DIM)
             c_mid = pm.Data("norm_mid", used["norm_mid"].to_numpy(), dims=QUOTE_DIM)
             vega = pm.Data("vega_mid", _black_vega_norm(used["k"].to_numpy(), tau, mid_iv), dims=QUOTE_DIM)
-            out = spec.likelihood.model_iv_from_price(out, data["k"], data["tau"], data["cp"], c_mid, mid_iv, vega)
-        iv_model = pm.Deterministic("iv_model", out, dims=QUOTE_DIM)
+            iv = spec.likelihood.model_iv_from_price(out, data["k"], data["tau"], data["cp"], c_mid, mid_iv, vega)
+            price, iv = _as_one_node([out, iv], model.free_RVs)
+            pm.Deterministic("norm_price_model", price, dims=QUOTE_DIM)
+        else:
+            (iv,) = _as_one_node([out], model.free_RVs)
+        iv_model = pm.Deterministic("iv_model", iv, dims=QUOTE_DIM)
         noise = spec.likelihood.noise(spec.prior_set, half_spread, data["expiry_idx"])
         spec.likelihood.observe(iv_model, noise, mid_iv)
     return model
