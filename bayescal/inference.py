@@ -65,7 +65,7 @@ def _as_one_node(outputs: list[pt.TensorVariable], parameters: list[pt.TensorVar
     return list(result) if isinstance(result, list | tuple) else [result]
 
 
-def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
+def build_model(spec: CalibrationSpec, used: xr.Dataset, *, fold_pricing: bool = False) -> pm.Model:
     """The PyMC model of ``spec`` on the used quotes (output of :func:`bayescal.market.used_quotes`).
 
     Data enter through ``pm.Data`` (``k``, ``tau``, ``cp``, ``expiry_idx``, ``tau_expiry``,
@@ -80,6 +80,17 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
     ``vega_mid = phi(d1) sqrt(tau)`` at the mid IV); ``price_to_iv = "vega_map"`` keeps the map
     itself. Every model thus has one observable (mid IV), so their log-likelihoods are comparable (LOO).
     The model price itself is stored as ``norm_price_model``.
+
+    Parameters
+    ----------
+    spec : CalibrationSpec
+    used : xarray.Dataset
+        The quotes the model is fitted to.
+    fold_pricing : bool, default False
+        Wrap the pricing graph (parameters and data to model price and IV) in one inlined node
+        (:func:`_as_one_node`), for methods that derive the log density several times. The values are
+        the same, but the compiled graph differs in the last bits; ``fit`` folds it for the approximate
+        methods only, so NUTS trajectories stay those of the plain graph.
 
     Raises
     ------
@@ -109,10 +120,11 @@ def build_model(spec: CalibrationSpec, used: xr.Dataset) -> pm.Model:
             c_mid = pm.Data("norm_mid", used["norm_mid"].to_numpy(), dims=QUOTE_DIM)
             vega = pm.Data("vega_mid", _black_vega_norm(used["k"].to_numpy(), tau, mid_iv), dims=QUOTE_DIM)
             iv = spec.likelihood.model_iv_from_price(out, data["k"], data["tau"], data["cp"], c_mid, mid_iv, vega)
-            price, iv = _as_one_node([out, iv], model.free_RVs)
-            pm.Deterministic("norm_price_model", price, dims=QUOTE_DIM)
+            if fold_pricing:
+                out, iv = _as_one_node([out, iv], model.free_RVs)
+            pm.Deterministic("norm_price_model", out, dims=QUOTE_DIM)
         else:
-            (iv,) = _as_one_node([out], model.free_RVs)
+            iv = _as_one_node([out], model.free_RVs)[0] if fold_pricing else out
         iv_model = pm.Deterministic("iv_model", iv, dims=QUOTE_DIM)
         noise = spec.likelihood.noise(spec.prior_set, half_spread, data["expiry_idx"])
         spec.likelihood.observe(iv_model, noise, mid_iv)
@@ -150,17 +162,40 @@ def _fit_advi(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree
 
 
 def _fit_pathfinder(model: pm.Model, cfg: FitConfig, progressbar: bool) -> xr.DataTree:
-    from pymc_extras.inference import fit_pathfinder
+    """Multi-path Pathfinder (pymc-extras) with its defaults, run as ``fit_pathfinder`` runs it, less
+    its ``add_data_to_inference_data`` step.
 
-    # compile_kwargs: pymc-extras compiles its draw-transform graph (every deterministic, the pricing
-    # graph included, over all draws) in FAST_COMPILE, i.e. Python-level ops: 22 s of a 49 s Heston
-    # fit on the BTC bench chain; in bayescal's numba mode the whole fit took 26 s
-    # parallel=False: the paths run one after another in this process. Worker processes each link the
-    # compiled functions again, and a path of these small models is about a second of L-BFGS: on the BTC
-    # Heston bench fit (4 paths, 2 cores) pymc-extras took 17.5 s serially and 21.5 s in parallel
-    return fit_pathfinder(model=model, num_paths=cfg.pathfinder_paths, num_draws=cfg.chains * cfg.draws,
-                          random_seed=cfg.random_seed, progressbar=progressbar, parallel=False,
-                          compile_kwargs={"mode": compile_mode()})
+    That step computes every deterministic over all draws a second time (the draw transform already
+    did) and adds data groups that :func:`_standard_layout` rebuilds anyway: 3.4 s of a 24 s profiled
+    Heston fit on the BTC bench chain.
+
+    ``parallel=False``: the paths run one after another in this process. Worker processes each link the
+    compiled functions again, and a path of these small models is about a second of L-BFGS: on the BTC
+    Heston bench fit (4 paths, 2 cores) pymc-extras took 17.5 s serially and 21.5 s in parallel.
+    ``compile_kwargs``: pymc-extras compiles its draw-transform graph (every deterministic, the pricing
+    graph included, over all draws) in FAST_COMPILE, i.e. Python-level ops: 22 s of a 49 s Heston fit
+    on the BTC bench chain; in bayescal's numba mode the whole fit took 26 s.
+    """
+    import inspect
+
+    from pymc.blocking import DictToArrayBijection
+    from pymc_extras.inference import fit_pathfinder
+    from pymc_extras.inference.pathfinder.idata import convert_flat_trace_to_idata
+    from pymc_extras.inference.pathfinder.lbfgs import LBFGSConfig
+    from pymc_extras.inference.pathfinder.multipath import multipath_pathfinder
+
+    defaults = {name: p.default for name, p in inspect.signature(fit_pathfinder).parameters.items()}
+    n_free = DictToArrayBijection.map(model.initial_point()).data.size
+    compile_kwargs = {"mode": compile_mode()}
+    result = multipath_pathfinder(
+        model, num_paths=cfg.pathfinder_paths, num_draws=cfg.chains * cfg.draws,
+        num_draws_per_path=defaults["num_draws_per_path"], num_elbo_draws=defaults["num_elbo_draws"],
+        jitter=defaults["jitter"], lbfgs_config=LBFGSConfig().set_default_maxcor(n_free),
+        importance_sampling=defaults["importance_sampling"], progressbar=progressbar, parallel=False,
+        random_seed=cfg.random_seed, compile_kwargs=compile_kwargs,
+    )
+    return convert_flat_trace_to_idata(result.samples, model=model, importance_sampling=defaults["importance_sampling"],
+                                       compile_kwargs=compile_kwargs)
 
 
 #: MAP + Laplace: the most L-BFGS-B iterations, the Newton polishing steps after them, and the
@@ -392,9 +427,11 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     """
     filtered = filter_quotes(quotes, spec.filters)
     used = used_quotes(filtered)
-    with compilation():
-        model = build_model(spec, used)
     cfg = spec.fit
+    with compilation():
+        # the approximate methods derive the log density up to three times (Pathfinder); one PyMC
+        # derivation of the Heston model walks the pricing graph for about 1 s
+        model = build_model(spec, used, fold_pricing=cfg.method != "nuts")
     free = [v.name for v in model.free_RVs]
     extra = {}
     if cfg.method == "nuts" and initvals:

@@ -97,3 +97,31 @@ def test_likelihood_settings_are_validated_together():
     assert "price_to_iv must be one of ['exact', 'vega_map'] (got 'newton')" in message
     assert make_likelihood({"kind": "student_t_iv", "price_to_iv": "vega_map"}).price_to_iv == "vega_map"
     assert make_likelihood({}).price_to_iv == "exact"
+
+
+@pytest.mark.parametrize("name", ["heston", "sabr"])  # a price-output and an IV-output model
+def test_pricing_graph_as_one_node_leaves_log_density_and_gradient_unchanged(name: str):
+    """build_model(fold_pricing=True) wraps the pricing graph in one inlined OpFromGraph; values must not change."""
+    import numpy as np
+    from pymc.blocking import DictToArrayBijection
+    from pytensor.compile.builders import OpFromGraph
+    from pytensor.graph.traversal import ancestors
+
+    spec = load_spec(name)
+    used = used_quotes(filter_quotes(read_chain(bundled_demo_chain()), spec.filters))
+
+    def value_and_gradient(model):
+        fn = model.logp_dlogp_function(ravel_inputs=True)
+        fn.set_extra_values({})
+        x0 = DictToArrayBijection.map(model.initial_point()).data
+        points = [x0, x0 + 0.05 * np.sin(np.arange(x0.size) + 1.0)]
+        return [(float(v), np.asarray(g)) for v, g in (fn(x) for x in points)]
+
+    wrapped = build_model(spec, used, fold_pricing=True)
+    nodes = {v.owner for v in ancestors([wrapped.logp()]) if v.owner and isinstance(v.owner.op, OpFromGraph)}
+    assert [node.op.name for node in nodes] == ["pricing"]
+    plain = build_model(spec, used)
+    assert not any(v.owner and isinstance(v.owner.op, OpFromGraph) for v in ancestors([plain.logp()]))
+    for (v1, g1), (v2, g2) in zip(value_and_gradient(wrapped), value_and_gradient(plain), strict=True):
+        assert np.isfinite(v1) and v1 == pytest.approx(v2, rel=1e-12)
+        np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9 * np.abs(g2).max())
