@@ -74,8 +74,8 @@ class IVLikelihood:
         """Per-quote noise scale (decimal vol); creates ``sigma_obs`` (dims ``expiry``, or scalar if shared)."""
         from bayescal.pricing_models import with_dims
 
-        if self.noise_floor == "shared":
-            floor = priors.priors["sigma_obs"].create_variable("sigma_obs")
+        if self.noise_floor == "shared":  # a copy: creating a variable stores state on the Prior
+            floor = with_dims(priors.priors["sigma_obs"], ()).create_variable("sigma_obs")
         else:
             floor = with_dims(priors.priors["sigma_obs"], (EXPIRY_DIM,)).create_variable("sigma_obs")[expiry_idx]
         return pt.sqrt(floor**2 + (self.spread_weight * half_spread_iv) ** 2)

@@ -125,3 +125,18 @@ def test_pricing_graph_as_one_node_leaves_log_density_and_gradient_unchanged(nam
     for (v1, g1), (v2, g2) in zip(value_and_gradient(wrapped), value_and_gradient(plain), strict=True):
         assert np.isfinite(v1) and v1 == pytest.approx(v2, rel=1e-12)
         np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9 * np.abs(g2).max())
+
+
+def test_shared_noise_floor_is_one_scalar_and_leaves_the_prior_set_untouched():
+    """noise_floor = "shared": one sigma_obs for the chain; building must not store state on the spec's priors
+    (a mutated Prior holds a local function and can no longer key the compiled-function cache)."""
+    from bayescal.compilation import _value_key
+
+    spec = load_spec("heston").with_likelihood(spread_weight=0.0, noise_floor="shared")
+    before = _value_key(spec.prior_set)
+    used = used_quotes(filter_quotes(read_chain(bundled_demo_chain()), spec.filters))
+    model = build_model(spec, used)
+    assert model["sigma_obs"].ndim == 0 and not model.named_vars_to_dims.get("sigma_obs")
+    assert _value_key(spec.prior_set) == before
+    per_expiry = build_model(load_spec("heston"), used)
+    assert per_expiry["sigma_obs"].ndim == 1
