@@ -73,7 +73,7 @@ def _model_iv(pricing: PricingModel, truth: dict[str, np.ndarray], k: np.ndarray
 def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random.Generator,
                     taus: np.ndarray = DEFAULT_TAUS, settings: dict[str, Any] | None = None,
                     noise: tuple[np.ndarray, float] | None = None,
-                    valuation: pd.Timestamp = VALUATION) -> xr.Dataset:
+                    valuation: pd.Timestamp = VALUATION, n_strikes: int = N_STRIKES) -> xr.Dataset:
     """Quotes simulated from a pricing model with known kernel inputs.
 
     Parameters
@@ -94,6 +94,8 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
         (n_expiry,)), as simulation-based calibration requires. Default: ``sd = half_spread / 2``.
     valuation : pandas.Timestamp
         Valuation time (expiries are ``valuation + tau``).
+    n_strikes : int
+        Strikes per expiry, evenly spaced in ``z`` (ATM standard deviations) over ``Z_RANGE``.
 
     Returns
     -------
@@ -108,8 +110,8 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     idx0 = np.arange(n_exp)
     atm = _model_iv(pricing, truth, np.zeros(n_exp), taus, idx0)
     atm = np.where(np.isfinite(atm), atm, 0.5)
-    z = np.linspace(*Z_RANGE, N_STRIKES)
-    idx = np.repeat(idx0, N_STRIKES)
+    z = np.linspace(*Z_RANGE, n_strikes)
+    idx = np.repeat(idx0, n_strikes)
     zz = np.tile(z, n_exp)
     k = zz * atm[idx] * np.sqrt(taus[idx])
     tau = taus[idx]
@@ -126,7 +128,7 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     cp = np.where(k >= 0, 1, -1)
     expiry = [valuation + pd.Timedelta(seconds=round(t * 365 * 86400)) for t in tau]
     frame = pd.DataFrame({
-        "instrument": [f"SIM-{e}-{i}" for e, i in zip(idx, np.tile(np.arange(N_STRIKES), n_exp), strict=True)],
+        "instrument": [f"SIM-{e}-{i}" for e, i in zip(idx, np.tile(np.arange(n_strikes), n_exp), strict=True)],
         "expiry": expiry, "strike": strike, "cp": cp, "forward": FORWARD, "discount_factor": 1.0,
     })
     args = (np.full(k.size, FORWARD), strike, tau, cp.astype(float), np.ones(k.size))

@@ -27,6 +27,11 @@ cost of one log-density + gradient evaluation at the posterior mean is printed f
 model prices to IVs (``price_to_iv = "exact"`` and ``"vega_map"``).
 The LM fit minimises exactly the unweighted IV RMSE; bayescal's likelihood weighs quotes by their
 bid-ask spread and a per-expiry noise floor, so it trades RMSE on wide-spread quotes for the rest.
+``--synthetic N`` replaces the real chain by a simulated Heston surface of ``N`` quotes (10 expiries
+from 7 days to 2 years, ``N/10`` strikes each; :func:`bayescal.studies.simulated_chain`) from the known
+parameters ``SYNTHETIC_TRUTH``, with IV noise like real spreads; the truth is printed with the estimates.
+The method ``map_lsq`` (in the default list) is MAP on the LM's own objective: the spec's likelihood
+with ``spread_weight = 0`` and ``noise_floor = "shared"``, every quote weighed alike, under the priors.
 """
 
 from __future__ import annotations
@@ -44,11 +49,15 @@ from bayescal.inference import fit
 from bayescal.market import filter_quotes, read_chain, used_quotes
 from bayescal.market.implied_vol import implied_vol_black76
 from bayescal.spec import load_spec
+from bayescal.studies import simulated_chain
 
 DEFAULT_CHAIN = Path(__file__).resolve().parents[1].parent / "shared/data/deribit_options_snapshot_20251230T173115Z.csv"
 NAMES = ("v0", "kappa", "theta", "xi", "rho")
 FAILED_IV_RESIDUAL = 1.0  # residual (100 vol points) where QuantLib's price has no implied vol
 EXACT_IV_DRAWS = 100  # posterior draws priced by QuantLib for the exact posterior-mean IV
+#: known Heston parameters of the ``--synthetic`` surfaces (inside the crypto prior's bulk)
+SYNTHETIC_TRUTH = {"v0": 0.30, "kappa": 2.0, "theta": 0.35, "xi": 1.5, "rho": -0.3}
+SYNTHETIC_EXPIRY_DAYS = np.array([7, 14, 30, 61, 91, 182, 273, 365, 548, 730])
 
 
 class QuantLibHeston:
@@ -146,16 +155,26 @@ def main() -> None:
     parser.add_argument("--underlying", default="BTC")
     parser.add_argument("--spec", default="heston")
     parser.add_argument("--starts", type=int, default=4, help="LM starting points (best kept)")
-    parser.add_argument("--methods", default="nuts,map,pathfinder,advi")
+    parser.add_argument("--methods", default="nuts,map,map_lsq,pathfinder,advi",
+                        help="fit methods; map_lsq: MAP with every quote weighed alike (the LM objective)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="fit a simulated Heston surface of N quotes from known parameters instead of CHAIN")
     parser.add_argument("--repeats", type=int, default=3, help="runs per method (median reported; the first "
                         "run fills the compilation caches)")
     args = parser.parse_args()
 
-    quotes = read_chain(args.chain, underlying=args.underlying)
     spec = load_spec(args.spec)
+    if args.synthetic:
+        truth = {n: np.asarray(v) for n, v in SYNTHETIC_TRUTH.items()}
+        quotes = simulated_chain("heston", truth, np.random.default_rng(0), SYNTHETIC_EXPIRY_DAYS / 365.0,
+                                 n_strikes=args.synthetic // SYNTHETIC_EXPIRY_DAYS.size)
+        source = f"simulated Heston surface, truth {SYNTHETIC_TRUTH}"
+    else:
+        quotes = read_chain(args.chain, underlying=args.underlying)
+        source = args.chain.name
     used = used_quotes(filter_quotes(quotes, spec.filters))
     k, tau, cp, mid = (used[n].to_numpy() for n in ("k", "tau", "cp", "mid_iv"))
-    print(f"{args.chain.name}: {k.size} quotes in {np.unique(tau).size} expiries (spec {args.spec!r} filters)")
+    print(f"{source}: {k.size} quotes in {np.unique(tau).size} expiries (spec {args.spec!r} filters)")
     pricer = QuantLibHeston(k, tau, cp)
 
     lm_runs = [lm_fit(pricer, mid, args.starts) for _ in range(args.repeats)]
@@ -170,10 +189,14 @@ def main() -> None:
     print(f"{'LM (QuantLib pricing)':<22} {t_lm:>7.1f} {1.0:>6.2f} {t_lm:>7.1f} {1.0:>6.2f} {'':>7} {'':>7} "
           f"{rmse:>8.3f} {'':>9} {'':>9} {'':>7} {'':>6} {'':>6} {'':>4} point")
     for method in args.methods.split(","):
+        if method == "map_lsq":
+            method_spec = spec.with_fit(method="map").with_likelihood(spread_weight=0.0, noise_floor="shared")
+        else:
+            method_spec = spec.with_fit(method=method)
         walls, fits = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            result = fit(spec.with_fit(method=method), quotes, progressbar=False)
+            result = fit(method_spec, quotes, progressbar=False)
             walls.append(time.perf_counter() - t0)
             fits.append(result.timings["fit_seconds"])
         wall, t_fit = float(np.median(walls)), float(np.median(fits))
@@ -191,8 +214,8 @@ def main() -> None:
               f"{post_fit:>7.1f} {walls[0]:>7.1f} {rmse_point:>8.3f} {rmse_exact_mean:>9.3f} "
               f"{quality['rmse_likelihood_iv_vol_points']:>9.3f} {conv['max_rhat']:>7.4f} {conv['min_ess_bulk']:>6.0f} "
               f"{conv['min_ess_bulk'] / wall:>6.1f} {conv['divergences']:>4d} {conv['status']}")
+        print("   posterior medians:", dict(zip(NAMES, np.round(median, 4), strict=True)))
         if method == "nuts":
-            print("   posterior medians:", dict(zip(NAMES, np.round(median, 4), strict=True)))
             for link in ("exact", "vega_map"):
                 print(f"   log-density + gradient at the posterior mean, price_to_iv={link!r}: "
                       f"{1e6 * gradient_seconds(spec, used, post, link):.0f} us")
