@@ -311,10 +311,15 @@ _FITTERS = {"nuts": _sample_nuts, "advi": _fit_advi, "fullrank_advi": _fit_advi,
 
 
 def _standard_layout(idata: xr.DataTree, model: pm.Model) -> xr.DataTree:
-    """One group layout for every fit method: posterior (model variables only), sample_stats when
-    the method has them, observed_data and constant_data rebuilt from the model."""
+    """One group layout for every fit method: posterior (model variables only, every model dimension
+    as a coordinate), sample_stats when the method has them, observed_data and constant_data rebuilt
+    from the model."""
     names = [v.name for v in model.free_RVs + model.deterministics]
-    groups = {"posterior": idata["posterior"].to_dataset()[names]}
+    posterior = idata["posterior"].to_dataset()[names]
+    # every model dimension is a posterior coordinate, also where no variable uses it (a Heston model
+    # with a shared noise floor has no per-expiry variable; greeks and reports label expiries from it)
+    missing = {d: np.asarray(values) for d, values in model.coords.items() if d not in posterior.dims}
+    groups = {"posterior": posterior.assign_coords(missing)}
     if "sample_stats" in idata.children:
         groups["sample_stats"] = idata["sample_stats"].to_dataset()
     dims = model.named_vars_to_dims

@@ -140,3 +140,19 @@ def test_shared_noise_floor_is_one_scalar_and_leaves_the_prior_set_untouched():
     assert _value_key(spec.prior_set) == before
     per_expiry = build_model(load_spec("heston"), used)
     assert per_expiry["sigma_obs"].ndim == 1
+
+
+def test_fit_with_a_shared_noise_floor_keeps_the_expiry_coordinate():
+    """No posterior variable has an expiry dim then; the expiry labels must still reach greeks and reports."""
+    from bayescal.greeks import atm_greeks_table
+    from bayescal.inference import fit
+
+    spec = load_spec("heston").with_fit(method="map", draws=100).with_likelihood(spread_weight=0.0,
+                                                                               noise_floor="shared")
+    result = fit(spec, read_chain(bundled_demo_chain()), progressbar=False, arbitrage_check=False)
+    n_expiry = result.idata["constant_data"].sizes["expiry"]
+    assert result.posterior["sigma_obs"].dims == ("chain", "draw")
+    assert result.posterior.sizes["expiry"] == n_expiry > 1
+    table = atm_greeks_table(result)
+    assert table["expiry"].nunique() == n_expiry
+    assert set(table["expiry"]) == {str(e) for e in result.posterior["expiry"].to_numpy()}
