@@ -8,7 +8,7 @@ Two kernels are timed: the per-quote contour kernel (``heston_price``, used for 
 and the whole-surface calibration kernel (``heston_surface_norm_price``, used by the likelihood).
 For synthetic surfaces of 200 and 1,000 European options (10 expiries from one week to two years,
 strikes spread over +-2 standard deviations of log-moneyness, calls above the forward and puts
-below) it prints
+below), and for the surface kernel also 5,000 options and 5 and 20 expiries (scaling), it prints
 
 * the cost of one evaluation of a Gaussian price-space log-likelihood of the surface *and* its
   gradient in the five Heston parameters, compiled with numba through ``pytensor.function``
@@ -18,7 +18,9 @@ below) it prints
   relative tolerance 1e-12 (the engine used for the reference values in ``shared/reference``),
   and the ratio of our log-density + gradient time to the former;
 * the largest absolute price difference between the bayescal kernel and the adaptive QuantLib
-  engine, in units of the forward (target <= 1e-8).
+  engine, in units of the forward (target <= 1e-8);
+* for the surface kernel, the time of the same log-likelihood and gradient hand-written in numba
+  (``handwritten_heston_surface.py``, checked to agree to 1e-8) and bayescal's ratio to it.
 
 QuantLib is a benchmark dependency only (``pip install bayescal[bench]``); it is never imported by
 the ``bayescal`` package.
