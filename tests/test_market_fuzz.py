@@ -273,3 +273,28 @@ def test_parse_errors_name_column_and_row(tmp_path, shared_data):
     with pytest.raises(QuoteParseError) as info:
         read_chain(path)
     assert info.value.column == "Puts" and info.value.rows == [2]
+
+
+def test_quote_time_three_centuries_before_valuation_ends_in_a_status_not_an_overflow(fuzz_dir, shared_data):
+    """Found by the heavy fuzz run: a Tardis quote time of -7.6e15 us (year 1728) overflowed pandas' int64
+    timestamp difference against the 2020 valuation time (OverflowError instead of a status)."""
+    sample = SAMPLES["tardis_options_chain"]
+    assert _check(sample, _mutate(sample, [("set", 3, 3002, "-7631797739354776.0")]), fuzz_dir) in {
+        "read", "parse_error", "error"}
+
+
+def test_elapsed_seconds_is_exact_and_survives_int64_overflow():
+    import pandas as pd
+
+    from bayescal.market.quotes import elapsed_seconds
+
+    start = pd.Timestamp("2020-05-14T08:00:00.000000001Z")
+    end = pd.DatetimeIndex(["2020-05-14T08:00:01.5Z", "NaT", "2020-05-13T08:00:00Z"])
+    got = elapsed_seconds(start, end)
+    assert got[0] == (end[0] - start).total_seconds() and np.isnan(got[1]) and got[2] == -86400.000000001
+    far = pd.DatetimeIndex(["1680-01-01T00:00:00Z"]).as_unit("ns")  # 340 years: beyond int64 nanoseconds
+    with pytest.raises(OverflowError):
+        start - far  # noqa: B018 (what elapsed_seconds must not raise)
+    expected = far.asi8[0] / 1e9 - start.value / 1e9
+    assert expected < -340 * 365 * 86400
+    assert elapsed_seconds(start, far)[0] == pytest.approx(expected, rel=1e-15)

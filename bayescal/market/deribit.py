@@ -29,7 +29,7 @@ from bayescal.market._parse import (
     resolve_valuation_time,
     select_underlying,
 )
-from bayescal.market.quotes import make_quotes
+from bayescal.market.quotes import elapsed_seconds, make_quotes
 
 #: Deribit caps displayed implied vols at this value (percent) when a side is far from fair value
 DERIBIT_IV_CAP_PERCENT = 500.0
@@ -151,7 +151,7 @@ def read_deribit_ticker(path: Path, frame: pd.DataFrame, opts: ReadOptions) -> x
         },
         extra_attrs={
             "valuation_time_policy": policy,
-            "timestamp_spread_seconds": float((times.max() - times.min()).total_seconds())
+            "timestamp_spread_seconds": float(elapsed_seconds(times.min(), [times.max()])[0])
             if times.notna().any() else 0.0,
             "capped_iv_rule": f"venue bid_iv or ask_iv >= {DERIBIT_IV_CAP_PERCENT} (percent)",
         },
@@ -206,7 +206,7 @@ def read_deribit_book_summary(path: Path, frame: pd.DataFrame, opts: ReadOptions
         extra_vars=extra,
         extra_attrs={
             "valuation_time_policy": policy,
-            "timestamp_spread_seconds": float((times.max() - times.min()).total_seconds())
+            "timestamp_spread_seconds": float(elapsed_seconds(times.min(), [times.max()])[0])
             if times.notna().any() else 0.0,
             "expiry_convention": "expire_date at 08:00 UTC",
         },

@@ -43,7 +43,7 @@ from bayescal.market.deribit import (
     read_deribit_ticker,
 )
 from bayescal.market.generic import read_generic
-from bayescal.market.quotes import make_quotes, prices_from_iv
+from bayescal.market.quotes import elapsed_seconds, make_quotes, prices_from_iv
 from bayescal.market.tardis import TARDIS_REQUIRED, read_tardis_options_chain
 
 DEMO_CHAIN_NAME = "btc_20211021_bidask_iv.csv"
@@ -124,7 +124,7 @@ def read_deribit_snapshot(path: Path, frame: pd.DataFrame, opts: ReadOptions) ->
         stale_after_seconds=opts.stale_after_seconds,
         source_row=frame.index.to_numpy() + 1,
         extra_vars=extra,
-        extra_attrs={"timestamp_spread_seconds": float((valid.max() - valid.min()).total_seconds()) if len(valid)
+        extra_attrs={"timestamp_spread_seconds": float(elapsed_seconds(valid.min(), [valid.max()])[0]) if len(valid)
                      else 0.0, "valuation_time_policy": policy},
     )
 

@@ -21,6 +21,40 @@ from bayescal.market.implied_vol import black76_price, implied_vol_black76
 CANONICAL_COLUMNS = ("instrument", "expiry", "strike", "cp", "bid", "ask", "forward", "discount_factor")
 
 
+#: the int64 overflow errors pandas raises for timestamp differences beyond about +-292 years
+_TIME_OVERFLOW = (OverflowError, pd.errors.OutOfBoundsTimedelta, pd.errors.OutOfBoundsDatetime)
+_SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def elapsed_seconds(start: pd.Timestamp, end: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Seconds from ``start`` to each ``end`` as floats; NaN where ``end`` is missing (NaT).
+
+    pandas subtracts timestamps in int64 nanoseconds, exact to the nanosecond, and raises
+    ``OverflowError`` when a difference exceeds about 292 years, which a corrupted quote time can
+    (e.g. -7.6e15 microseconds since the epoch, year 1728, against a 2020 valuation: found by the
+    reader fuzz test). Such differences are computed from the epoch seconds in float64 instead
+    (resolution about 0.3 microseconds at present-day dates); all others exactly as pandas does.
+
+    Parameters
+    ----------
+    start : pandas.Timestamp
+    end : Series or DatetimeIndex of timestamps, shape (n,)
+        Same timezone-awareness as ``start``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,)
+    """
+    end_index = pd.DatetimeIndex(end)
+    try:
+        return np.asarray((end_index - start).total_seconds(), dtype=float)
+    except _TIME_OVERFLOW:
+        start_index = pd.DatetimeIndex([start])
+        epoch = end_index.asi8.astype(float) * _SECONDS_PER_UNIT[end_index.unit]
+        epoch[end_index.isna()] = np.nan
+        return epoch - float(start_index.asi8[0]) * _SECONDS_PER_UNIT[start_index.unit]
+
+
 def year_fraction(start: pd.Timestamp, end: pd.Series | pd.DatetimeIndex) -> np.ndarray:
     """Year fraction from ``start`` to each ``end`` under ACT/365F, to the second.
 
@@ -34,7 +68,8 @@ def year_fraction(start: pd.Timestamp, end: pd.Series | pd.DatetimeIndex) -> np.
     Returns
     -------
     numpy.ndarray, shape (n,)
-        ``(end - start).total_seconds() / (365 * 86400)``; negative for past expiries.
+        ``(end - start)`` in seconds (:func:`elapsed_seconds`) ``/ (365 * 86400)``; negative for past
+        expiries.
 
     Raises
     ------
@@ -48,8 +83,7 @@ def year_fraction(start: pd.Timestamp, end: pd.Series | pd.DatetimeIndex) -> np.
             f"year_fraction needs timezone-aware timestamps (got valuation_time={start!r}, "
             f"expiry tz={end_index.tz!r})"
         )
-    seconds = (end_index - start).total_seconds()
-    return np.asarray(seconds, dtype=float) / SECONDS_PER_YEAR
+    return elapsed_seconds(start, end_index) / SECONDS_PER_YEAR
 
 
 def make_quotes(
@@ -252,7 +286,7 @@ def _source_statuses(*, strike, forward, discount, cp, tau, expiry, k, times, ha
         dup_of_next = key.loc[order, ["e", "k", "c"]].duplicated(keep="last").to_numpy()
         assign(np.isin(np.arange(n), live[order[dup_of_next]]), QuoteStatus.DUPLICATE)
     if stale_after_seconds is not None:
-        age = np.abs((valuation_time - times).total_seconds().to_numpy(dtype=float)) if has_times else np.zeros(n)
+        age = np.abs(elapsed_seconds(valuation_time, times)) if has_times else np.zeros(n)
         with np.errstate(invalid="ignore"):
             stale = ~(age <= stale_after_seconds)  # NaN age (time unknown) is stale
         assign(stale, QuoteStatus.STALE)
