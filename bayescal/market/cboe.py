@@ -41,7 +41,7 @@ from bayescal.conventions import QuoteStatus
 from bayescal.errors import QuoteValidationError
 from bayescal.market._parse import QuoteParseError, ReadOptions, resolve_valuation_time
 from bayescal.market.forwards import fits_to_json, parity_forwards
-from bayescal.market.quotes import elapsed_seconds, make_quotes
+from bayescal.market.quotes import make_quotes, year_fraction
 
 EXCHANGE_TZ = "America/New_York"
 #: settlement style and time of day (America/New_York) per root
@@ -173,7 +173,7 @@ def read_cboe_quote_table(path: Path, text: str, opts: ReadOptions) -> xr.Datase
     cols = ["instrument", "root", "settlement", "expiry", "strike", "cp", "bid", "ask", "row", "volume", "oi"]
     table = pd.DataFrame.from_records(records, columns=cols)
     table["expiry"] = pd.DatetimeIndex(table["expiry"])
-    tau = elapsed_seconds(valuation_time, table["expiry"]) / (365.0 * 86400)
+    tau = year_fraction(valuation_time, table["expiry"])
     label = table["expiry"].dt.strftime("%Y-%m-%dT%H:%M").to_numpy()
     with np.errstate(invalid="ignore"):
         bid = np.where(table["bid"].to_numpy() > 0, table["bid"].to_numpy(), np.nan)

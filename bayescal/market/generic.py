@@ -62,7 +62,7 @@ from bayescal.market._parse import (
     select_underlying,
 )
 from bayescal.market.forwards import fits_to_json, parity_forwards
-from bayescal.market.quotes import elapsed_seconds, make_quotes
+from bayescal.market.quotes import make_quotes, year_fraction
 
 REQUIRED_KEYS = ("expiry", "option_type", "strike", "bid", "ask")
 OPTIONAL_KEYS = ("forward", "discount_factor", "underlying", "instrument", "bid_iv", "ask_iv", "quote_time")
@@ -193,7 +193,7 @@ def read_generic(path: Path, frame: pd.DataFrame, opts: ReadOptions) -> xr.Datas
             bid, ask = coin_to_quote(bid, forward), coin_to_quote(ask, forward)
     else:
         label = np.datetime_as_string(expiry.tz_convert("UTC").tz_localize(None).to_numpy(), unit="m")
-        tau = elapsed_seconds(valuation_time, expiry) / (365.0 * 86400)
+        tau = year_fraction(valuation_time, expiry)
         with np.errstate(all="ignore"):
             b = np.where(bid > 0, bid, np.nan)
             a = np.where(ask > 0, ask, np.nan)

@@ -44,6 +44,12 @@ def elapsed_seconds(start: pd.Timestamp, end: pd.Series | pd.DatetimeIndex) -> n
     Returns
     -------
     numpy.ndarray, shape (n,)
+
+    Raises
+    ------
+    TypeError
+        From pandas, if one side is timezone-aware and the other naive (:func:`year_fraction` checks
+        this first and raises ``QuoteValidationError``).
     """
     end_index = pd.DatetimeIndex(end)
     try:
