@@ -281,7 +281,9 @@ def _print_summary(result, paths: dict[str, Path], wall: float) -> None:
                      f"{quality['kernel_max_abs_error']:.1e} x forward "
                      f"({quality['kernel_max_iv_error_vol_points']:.1e} vol points)")
     lines += [
-        f" wall time: {wall:.1f} s (fit incl. compilation {result.timings['fit_seconds']:.1f} s)",
+        f" wall time: {wall:.1f} s (fit incl. compilation {result.timings['fit_seconds']:.1f} s"
+        + (f", sampling {result.timings['sampling_seconds']:.1f} s" if "sampling_seconds" in result.timings else "")
+        + ")",
         f" result:  {paths['result']}",
         f" summary: {paths['summary']}",
         f" figures: {paths['figures']}/",

@@ -449,6 +449,8 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     with compilation():
         idata = _FITTERS[cfg.method](model, cfg, progressbar, **extra)
         t_fit = time.perf_counter() - t0
+        # PyMC stamps the time nutpie spent sampling (tuning included, compilation excluded)
+        t_sampling = idata["posterior"].attrs.get("sampling_time")
         fit_problems = list(idata.attrs.get("fit_problems", []))
         idata = _standard_layout(idata, model)
         _add_observation_groups(idata, model, random_seed=cfg.random_seed + 1)
@@ -472,6 +474,8 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
         gate = dataclasses.replace(gate, status="warn" if gate.status == "ok" else gate.status,
                                    reasons=[*gate.reasons, *reasons])
     timings = {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0}
+    if t_sampling is not None:
+        timings["sampling_seconds"] = float(t_sampling)
     return CalibrationResult.from_fit(idata, spec, filtered, gate, quality, timings)
 
 

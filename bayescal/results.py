@@ -101,7 +101,9 @@ class CalibrationResult:
 
     @property
     def timings(self) -> dict[str, float]:
-        """Wall times in seconds."""
+        """Wall times in seconds: ``fit_seconds`` (compilation and fit), ``total_seconds`` (with the
+        post-fit checks) and, for NUTS, ``sampling_seconds`` (nutpie's tuning and draws, without
+        compilation)."""
         return json.loads(self.idata.attrs["timings"])
 
     # --- persistence -------------------------------------------------------------------------------

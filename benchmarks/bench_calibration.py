@@ -3,6 +3,7 @@
 Run from the repository root (benchmark extra installed: ``pip install -e ".[bench]"``)::
 
     python benchmarks/bench_calibration.py [CHAIN] [--underlying BTC] [--spec heston] [--starts 4] [--repeats 3]
+        [--methods nuts,map,map_lsq,pathfinder,advi] [--draws N] [--synthetic N] [--json PATH]
 
 Default chain: the 2025-12-30 Deribit BTC snapshot in ``../shared/data``. The quotes are the ones
 the spec's filters keep (out-of-the-money, tau >= 2 days, ...), identical for every method.
@@ -19,12 +20,14 @@ over a clock ``s = c t`` the model is again Heston with ``(v0, kappa, theta, xi)
 
 Printed per method (median of ``--repeats`` runs, default 3; the first run's wall time is shown too, as
 it fills the compilation caches): wall time, bayescal's split into compilation + fit and post-fit
-checks (posterior predictive, log-likelihood, fit quality, arbitrage, kernel check), the implied-vol RMSE in vol
-points of the point estimate (LM optimum; posterior median of each parameter for bayescal) priced
-with the same QuantLib function, the RMSE of the posterior-mean exact IV, the RMSE of the likelihood's
-own model IV, convergence, and the ratio of each wall time to the LM time. After the NUTS fit, the
-cost of one log-density + gradient evaluation at the posterior mean is printed for both links of
-model prices to IVs (``price_to_iv = "exact"`` and ``"vega_map"``).
+checks (posterior predictive, log-likelihood, fit quality, arbitrage, kernel check), NUTS's sampling
+time alone (tuning and draws; ``--draws`` overrides the spec's draws per chain), the implied-vol RMSE
+in vol points of the point estimate (LM optimum; posterior median of each parameter for bayescal)
+priced with the same QuantLib function, the RMSE of the posterior-mean exact IV, the RMSE of the
+likelihood's own model IV, convergence, and the ratio of each time to the LM time. After the NUTS
+fit, the cost of one log-density + gradient evaluation at the posterior mean is printed for both
+links of model prices to IVs (``price_to_iv = "exact"`` and ``"vega_map"``). ``--json PATH`` also
+writes the table and the figures for ``run_all.py``.
 The LM fit minimises exactly the unweighted IV RMSE; bayescal's likelihood weighs quotes by their
 bid-ask spread and a per-expiry noise floor, so it trades RMSE on wide-spread quotes for the rest.
 ``--synthetic N`` replaces the real chain by a simulated Heston surface of ``N`` quotes (10 expiries
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import QuantLib as ql
+from _results import BenchResults  # benchmarks/ is on sys.path when run as a script
 from scipy.optimize import least_squares
 
 from bayescal.inference import fit
@@ -161,9 +165,13 @@ def main() -> None:
                         help="fit a simulated Heston surface of N quotes from known parameters instead of CHAIN")
     parser.add_argument("--repeats", type=int, default=3, help="runs per method (median reported; the first "
                         "run fills the compilation caches)")
+    parser.add_argument("--draws", type=int, help="NUTS draws per chain (default: the spec's)")
+    parser.add_argument("--json", type=Path, help="also write the table and figures as JSON (for run_all.py)")
     args = parser.parse_args()
 
     spec = load_spec(args.spec)
+    if args.draws:
+        spec = spec.with_fit(draws=args.draws)
     if args.synthetic:
         truth = {n: np.asarray(v) for n, v in SYNTHETIC_TRUTH.items()}
         quotes = simulated_chain("heston", truth, np.random.default_rng(0), SYNTHETIC_EXPIRY_DAYS / 365.0,
@@ -182,24 +190,45 @@ def main() -> None:
     t_lm = float(np.median([run[2] for run in lm_runs]))
     print(f"LM (MINPACK + QuantLib AnalyticHestonEngine): {dict(zip(NAMES, np.round(params, 4), strict=True))}, "
           f"{n_eval} residual evaluations, median of {args.repeats} runs")
-    header = f"{'method':<22} {'wall s':>7} {'/LM':>6} {'fit s':>7} {'/LM':>6} {'post s':>7} {'cold s':>7} " \
-             f"{'RMSE pt':>8} {'RMSE mean':>9} {'RMSE lik':>9} {'R-hat':>7} {'ESS':>6} {'ESS/s':>6} {'div':>4} status"
-    print(header)
-    print("-" * len(header))
-    print(f"{'LM (QuantLib pricing)':<22} {t_lm:>7.1f} {1.0:>6.2f} {t_lm:>7.1f} {1.0:>6.2f} {'':>7} {'':>7} "
-          f"{rmse:>8.3f} {'':>9} {'':>9} {'':>7} {'':>6} {'':>6} {'':>4} point")
+    results = BenchResults("bench_calibration.py")
+    results.figures.update(source=source, n_quotes=int(k.size), lm_seconds=t_lm, lm_rmse=rmse, lm_evaluations=n_eval,
+                           lm_estimates=dict(zip(NAMES, params, strict=True)), methods={})
+    if args.synthetic:
+        results.figures["truth"] = SYNTHETIC_TRUTH
+    columns = ["method", "wall s", "wall / LM", "fit s", "fit / LM", "sampling s", "sampling / LM", "post s",
+               "cold s", "RMSE at point", "RMSE of mean IV", "RMSE lik", "R-hat", "bulk ESS", "ESS / s", "div",
+               "status", "estimates " + ", ".join(NAMES)]
+    widths = [22, 7, 6, 7, 6, 8, 6, 7, 7, 8, 9, 9, 7, 6, 6, 4, 0]
+    table = results.table(f"{source}: {k.size} quotes in {np.unique(tau).size} expiries; LM {t_lm:.1f} s, "
+                          f"{n_eval} residual evaluations (median of {args.repeats} runs)", columns)
+
+    def console(cells):  # the last cell (estimates) goes on its own line
+        print(" ".join(f"{c:>{w}}" if i else f"{c:<{w}}" for i, (c, w) in enumerate(zip(cells[:-1], widths,
+                                                                                             strict=True))))
+        if cells[-1]:
+            print(f"   {columns[-1]}: {cells[-1]}")
+
+    def emit(cells):
+        table["rows"].append(cells)
+        console(cells)
+
+    console(["method", "wall s", "/LM", "fit s", "/LM", "sample s", "/LM", "post s", "cold s", "RMSE pt", "RMSE mean",
+             "RMSE lik", "R-hat", "ESS", "ESS/s", "div", "status", ""])
+    emit(["LM + QuantLib", f"{t_lm:.1f}", "1.00", f"{t_lm:.1f}", "1.00", "", "", "", "", f"{rmse:.3f}", "", "", "",
+          "", "", "", "point", ", ".join(f"{x:.4g}" for x in params)])
     for method in args.methods.split(","):
         if method == "map_lsq":
             method_spec = spec.with_fit(method="map").with_likelihood(spread_weight=0.0, noise_floor="shared")
         else:
             method_spec = spec.with_fit(method=method)
-        walls, fits = [], []
+        walls, fits, samplings = [], [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             result = fit(method_spec, quotes, progressbar=False)
             walls.append(time.perf_counter() - t0)
             fits.append(result.timings["fit_seconds"])
-        wall, t_fit = float(np.median(walls)), float(np.median(fits))
+            samplings.append(result.timings.get("sampling_seconds", math.nan))
+        wall, t_fit, t_sampling = float(np.median(walls)), float(np.median(fits)), float(np.median(samplings))
         post_fit = float(np.median([r - f for r, f in zip(walls, fits, strict=True)]))
         post = result.posterior
         median = tuple(float(post[f"{spec.model}_{n}"].median()) for n in NAMES)
@@ -210,23 +239,46 @@ def main() -> None:
         draws = np.stack([pricer.iv(tuple(float(stacked[f"{spec.model}_{n}"][j]) for n in NAMES)) for j in keep])
         rmse_exact_mean = 100 * float(np.sqrt(np.nanmean((np.nanmean(draws, axis=0) - mid) ** 2)))
         conv, quality = result.convergence, result.fit_quality
-        print(f"{'bayescal ' + method:<22} {wall:>7.1f} {wall / t_lm:>6.2f} {t_fit:>7.1f} {t_fit / t_lm:>6.2f} "
-              f"{post_fit:>7.1f} {walls[0]:>7.1f} {rmse_point:>8.3f} {rmse_exact_mean:>9.3f} "
-              f"{quality['rmse_likelihood_iv_vol_points']:>9.3f} {conv['max_rhat']:>7.4f} {conv['min_ess_bulk']:>6.0f} "
-              f"{conv['min_ess_bulk'] / wall:>6.1f} {conv['divergences']:>4d} {conv['status']}")
-        print("   posterior medians:", dict(zip(NAMES, np.round(median, 4), strict=True)))
-        if method == "nuts":
+        nuts = method == "nuts"
+        label = {"nuts": f"NUTS {method_spec.fit.chains} x {method_spec.fit.draws}", "map": "MAP + Laplace",
+                 "map_lsq": "MAP, LM objective"}.get(method, method)
+        emit([label, f"{wall:.1f}", f"{wall / t_lm:.2f}", f"{t_fit:.1f}", f"{t_fit / t_lm:.2f}",
+              f"{t_sampling:.1f}" if nuts else "", f"{t_sampling / t_lm:.2f}" if nuts else "",
+              f"{post_fit:.1f}", f"{walls[0]:.1f}", f"{rmse_point:.3f}", f"{rmse_exact_mean:.3f}",
+              f"{quality['rmse_likelihood_iv_vol_points']:.3f}",
+              f"{conv['max_rhat']:.4f}" if nuts else "", f"{conv['min_ess_bulk']:.0f}" if nuts else "",
+              f"{conv['min_ess_bulk'] / wall:.1f}" if nuts else "", f"{conv['divergences']:d}" if nuts else "",
+              conv["status"], ", ".join(f"{x:.4g}" for x in median)])
+        figures = {"wall_seconds": wall, "fit_seconds": t_fit, "sampling_seconds": t_sampling,
+                   "post_seconds": post_fit, "cold_seconds": walls[0], "rmse_point": rmse_point,
+                   "rmse_mean_iv": rmse_exact_mean, "status": conv["status"],
+                   "medians": dict(zip(NAMES, median, strict=True))}
+        if nuts:
+            figures.update(draws=method_spec.fit.draws, chains=method_spec.fit.chains, max_rhat=conv["max_rhat"],
+                           min_ess_bulk=conv["min_ess_bulk"], divergences=conv["divergences"])
             for link in ("exact", "vega_map"):
+                figures[f"gradient_seconds_{link}"] = gradient_seconds(spec, used, post, link)
                 print(f"   log-density + gradient at the posterior mean, price_to_iv={link!r}: "
-                      f"{1e6 * gradient_seconds(spec, used, post, link):.0f} us")
-    print("wall s: whole bayescal fit (model build, compilation, fit, post-fit checks), median of the runs; fit s: "
-          "compilation and fit only; post s: posterior predictive, log-likelihood, fit quality, arbitrage and kernel "
-          "checks; cold s: wall time of the first run (compilation caches filled then); /LM: ratio to the LM time.")
-    print("RMSE pt: implied-vol RMSE (vol points) of the point estimate priced by QuantLib (LM optimum, posterior "
-          f"medians); RMSE mean: posterior mean of the exact model IV over {EXACT_IV_DRAWS} draws (QuantLib); "
-          "(bayescal's reported rmse_vol_points is the same figure from its own kernel); RMSE lik: posterior-mean "
-          "of the likelihood's model IV (the exact in-graph inversion; the vega map with price_to_iv = 'vega_map').")
-
+                      f"{1e6 * figures[f'gradient_seconds_{link}']:.0f} us")
+        results.figures["methods"][method] = figures
+    table["notes"] = [
+        "wall s: whole bayescal fit (model build, compilation, fit, post-fit checks), median of the runs; fit s: "
+        "compilation and fit only; sampling s: NUTS's tuning and draws alone; post s: posterior predictive, "
+        "log-likelihood, fit quality, arbitrage and kernel checks; cold s: the first run (compilation caches filled "
+        "then); / LM: ratio to the LM time.",
+        "RMSE at point: implied-vol RMSE (vol points) of the point estimate priced by QuantLib (LM optimum, "
+        f"posterior medians); RMSE of mean IV: posterior mean of the exact model IV over {EXACT_IV_DRAWS} draws "
+        "(QuantLib); RMSE lik: posterior mean of the likelihood's own model IV; estimates: LM optimum or posterior "
+        "medians.",
+    ]
+    if "nuts" in results.figures["methods"]:
+        m = results.figures["methods"]["nuts"]
+        table["notes"].append(f"One log-density + gradient at the NUTS posterior mean: "
+                              f"{1e6 * m['gradient_seconds_exact']:.0f} us (exact in-graph IVs), "
+                              f"{1e6 * m['gradient_seconds_vega_map']:.0f} us (vega map).")
+    for note in table["notes"]:
+        print(note)
+    results.write(args.json)
 
 if __name__ == "__main__":
     main()

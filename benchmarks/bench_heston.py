@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_heston.py [--reps N] [--nodes 64]
+    python benchmarks/bench_heston.py [--reps N] [--nodes 64] [--json PATH]
 
 Two kernels are timed: the per-quote contour kernel (``heston_price``, used for grids and greeks)
 and the whole-surface calibration kernel (``heston_surface_norm_price``, used by the likelihood).
@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import QuantLib as ql
+from _results import BenchResults  # benchmarks/ is on sys.path when run as a script
 from handwritten_heston_surface import HandwrittenHestonSurface  # benchmarks/ is on sys.path when run as a script
 
 from bayescal.kernels.heston import DEFAULT_NODES, heston_expected_variance, heston_price
@@ -153,7 +155,15 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="quadrature nodes per option (per-quote)")
     parser.add_argument("--surface-nodes", type=int, default=DEFAULT_SURFACE_NODES,
                         help="quadrature nodes per expiry (surface kernel)")
+    parser.add_argument("--json", type=Path, help="also write the table and figures as JSON (for run_all.py)")
     args = parser.parse_args()
+    results = BenchResults("bench_heston.py")
+    table = results.table(
+        f"Heston log-density + gradient (numba) vs QuantLib AnalyticHestonEngine; {PARAMS}, expiries 7d..2y, "
+        "strikes +-2 sd",
+        ["kernel", "options", "expiries", "nodes", "compile s", "logp+grad ms", "ns / option / node",
+         "hand-written ms", "bayescal / hand", "QL default ms", "ratio to QL", "QL adaptive ms", "max error / F"])
+    results.figures["cases"] = []
 
     header = (
         f"{'kernel':>9} {'options':>7} {'expiries':>8} {'nodes':>5} {'compile s':>9} {'logp+grad ms':>12} "
@@ -191,14 +201,24 @@ def main() -> None:
         t_default, _ = time_quantlib(spot, options, engines["default"], reps_ql)
         t_adaptive, ql_prices = time_quantlib(spot, options, engines["adaptive"], reps_ql)
         err = np.max(np.abs(ours - ql_prices) / quotes[:, 0])
-        print(
-            f"{kernel:>9} {quotes.shape[0]:>7d} {len(days):>8d} {nodes:>5d} {compile_s:>9.1f} {1e3 * t_ours:>12.3f} "
-            f"{1e9 * t_ours / (quotes.shape[0] * nodes):>11.1f} {hand_ms:>8} {ratio_hand:>6} {1e3 * t_default:>13.2f} "
-            f"{t_ours / t_default:>6.2f} {1e3 * t_adaptive:>14.2f} {err:>10.1e}"
-        )
-    print("ratio = (bayescal log-density + 5-parameter gradient) / (QuantLib default engine, prices only); "
-          "hand ms: the same likelihood and gradient hand-written in numba (benchmarks/handwritten_heston_surface.py), "
-          "/hand = bayescal / hand-written")
+        ns = 1e9 * t_ours / (quotes.shape[0] * nodes)
+        cells = [kernel, f"{quotes.shape[0]}", f"{len(days)}", f"{nodes}", f"{compile_s:.1f}", f"{1e3 * t_ours:.3f}",
+                 f"{ns:.1f}", hand_ms, ratio_hand, f"{1e3 * t_default:.2f}", f"{t_ours / t_default:.2f}",
+                 f"{1e3 * t_adaptive:.2f}", f"{err:.1e}"]
+        table["rows"].append(cells)
+        results.figures["cases"].append({
+            "kernel": kernel, "options": int(quotes.shape[0]), "expiries": len(days), "nodes": nodes,
+            "seconds": t_ours, "ns_per_option_node": ns, "hand_seconds": t_hand if kernel == "surface" else None,
+            "ql_default_seconds": t_default, "max_error_over_forward": float(err)})
+        widths = [9, 7, 8, 5, 9, 12, 11, 8, 6, 13, 6, 14, 10]
+        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    table["notes"] = [
+        "ratio to QL: bayescal log-density + 5-parameter gradient / QuantLib's default engine pricing the options "
+        "once; hand-written: the same likelihood and gradient written by hand in numba "
+        "(benchmarks/handwritten_heston_surface.py, checked to agree to 1e-8); max error against QuantLib's "
+        "adaptive engine (relative tolerance 1e-12)."]
+    print(table["notes"][0])
+    results.write(args.json)
 
 
 if __name__ == "__main__":

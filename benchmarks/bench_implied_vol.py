@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/bench_implied_vol.py [--sizes 100000,1000000] [--reps 3] [--peer-quotes 20000]
+    python benchmarks/bench_implied_vol.py [--sizes 100000,1000000] [--reps 3] [--peer-quotes 20000] [--json PATH]
 
 Random quotes (forward 20-5,000, ``ln(K/F)`` uniform in [-1.2, 1.2], tau log-uniform from one day to
 5 years, vol uniform in [0.03, 1.5], calls and puts) are priced with ``black76_price`` and inverted
@@ -21,8 +21,10 @@ import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
+from _results import BenchResults  # benchmarks/ is on sys.path when run as a script
 
 from bayescal.market.implied_vol import black76_price, implied_vol_black76
 
@@ -54,7 +56,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--peer-quotes", type=int, default=20000)
+    parser.add_argument("--json", type=Path, help="also write the table and figures as JSON (for run_all.py)")
     args = parser.parse_args()
+    results = BenchResults("bench_implied_vol.py")
+    table = results.table("Black-76 implied-vol inversion (random quotes, calls and puts)",
+                          ["quotes", "median s", "quotes / s", "max relative vol error (well-conditioned)",
+                           "well-conditioned share"])
+    results.figures["sizes"] = []
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
     header = f"{'quotes':>9} {'median s':>9} {'quotes/s':>11} {'max rel vol err (well)':>23} {'well share':>10}"
     print(header)
@@ -71,10 +79,14 @@ def main() -> None:
         err = np.max(np.abs(iv[well] / q["vol"][well] - 1.0))
         ours_rate = n / float(np.median(times))
         print(f"{n:>9} {np.median(times):>9.3f} {ours_rate:>11.3g} {err:>23.2e} {well.mean():>10.3f}")
+        table["rows"].append([f"{n:,}", f"{np.median(times):.3f}", f"{ours_rate:.3g}", f"{err:.2e}",
+                              f"{well.mean():.3f}"])
+        results.figures["sizes"].append({"quotes": n, "quotes_per_second": ours_rate, "max_rel_error": float(err)})
     try:
         import py_lets_be_rational as lbr
     except ImportError:
         print("py_lets_be_rational not installed: peer skipped (pip install -e '.[test]')")
+        results.write(args.json)
         return
     q = random_quotes(args.peer_quotes, seed=2)
     inv = lbr.implied_volatility_from_a_transformed_rational_guess
@@ -87,6 +99,13 @@ def main() -> None:
     peer_rate = args.peer_quotes / peer
     print(f"py_lets_be_rational: {args.peer_quotes} quotes in {peer:.2f} s = {peer_rate:.3g} quotes/s, "
           f"max rel vol err (well) {err:.2e}; bayescal / peer throughput ratio {ours_rate / peer_rate:.1f}")
+    table["rows"].append([f"py_lets_be_rational, {args.peer_quotes:,}", f"{peer:.2f}", f"{peer_rate:.3g}", f"{err:.2e}",
+                          f"{well.mean():.3f}"])
+    table["notes"] = [f"bayescal / py_lets_be_rational throughput: {ours_rate / peer_rate:.1f}x (the peer is pure "
+                      "Python, one quote per call); well-conditioned: vega-relative condition <= 100 and premium "
+                      "above 1e-12 of the forward."]
+    results.figures["peer_quotes_per_second"] = peer_rate
+    results.write(args.json)
 
 
 if __name__ == "__main__":

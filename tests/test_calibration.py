@@ -44,6 +44,9 @@ def test_demo_result_layout(demo_result):
     assert (post["svi_b"] >= 0).all() and (abs(post["svi_rho"]) < 1).all() and (post["svi_sigma"] > 0).all()
     wmin = post["svi_a"] + post["svi_b"] * post["svi_sigma"] * np.sqrt(1 - post["svi_rho"] ** 2)
     assert (wmin >= -1e-12).all()
+    # NUTS's sampling time (tuning and draws, compilation excluded) is part of the fit's time
+    timings = demo_result.timings
+    assert 0 < timings["sampling_seconds"] < timings["fit_seconds"] <= timings["total_seconds"]
 
 
 def test_save_load_round_trip(demo_result, tmp_path):
