@@ -27,9 +27,10 @@ the number of sampling threads: nutpie seeds each chain from (seed, chain index)
 Compilation: every fit builds its PyMC model, and nutpie compiles its log-density with numba (most of the
 wall time of a small fit). Two caches cut this: (1) all worker processes of one host share one PyTensor
 ``base_compiledir`` (the default ``~/.pytensor``, or ``compiledir=`` / ``--compiledir``), whose ``numba/``
-folder caches the per-Op kernels on disk; (2) each worker process keeps the compiled nutpie model of every
-(spec without its ``[fit]`` table, chain file contents, underlying) it has fitted (LRU, :data:`COMPILE_CACHE_SIZE`
-entries) and reuses it for later tasks with the same key: seed or sampler-setting sweeps on one chain compile
+folder caches the per-Op kernels on disk; (2) each worker process keeps the compiled nutpie model of the
+tasks that share their model (spec without its ``[fit]`` table, chain, underlying) with another task
+(:func:`bayescal.compilation.recipe_object`, keyed by the model, priors, likelihood and used quotes; the last
+8 kept) and reuses it for later tasks with the same model: seed or sampler-setting sweeps on one chain compile
 once per worker. Chains with different quotes are different models (the observed IVs are constants of the
 compiled graph), so they always compile. Details and measurements: ``docs/batch.md``.
 """
@@ -48,7 +49,6 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,7 +59,7 @@ from typing import Any
 from bayescal.atomic import write_text_atomic
 from bayescal.errors import BayescalError
 
-__all__ = ["BatchSummary", "BatchTask", "ManifestError", "add_batch_parser", "clear_compile_cache", "compile_key",
+__all__ = ["BatchSummary", "BatchTask", "ManifestError", "add_batch_parser", "clear_compile_cache",
            "load_manifest", "make_task", "read_index", "result_path", "run_batch", "run_batch_command", "run_task",
            "write_index"]
 
@@ -79,8 +79,6 @@ _FLOAT_KEYS = {"target_accept", *(set(TRACK_SETTINGS) - _INT_KEYS)}
 INDEX_COLUMNS = ("task_id", "kind", "chain", "underlying", "spec", "spec_id", "overrides", "status", "gate",
                  "gate_detail", "wall_seconds", "result", "error", "compile_cache", "worker", "finished")
 INDEX_FILE = "index.csv"
-#: Compiled models kept per worker process.
-COMPILE_CACHE_SIZE = 8
 _GATE_ORDER = {"ok": 0, "approximate": 1, "warn": 2, "fail": 3}
 
 
@@ -512,35 +510,11 @@ def write_index(out: str | Path, rows: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-# --- per-process compile cache and nutpie thread cap ---------------------------------------------------
+# --- nutpie thread cap; compiled models are kept by bayescal.compilation.recipe_object ------------------
 
 _LOCAL = threading.local()
-_CACHE: OrderedDict[Any, Any] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
 _PATCH_LOCK = threading.Lock()
 _ORIGINALS: dict[str, Callable[..., Any]] = {}
-
-
-def _cached_compile_pymc_model(model, **kwargs):
-    """``nutpie.compile_pymc_model`` with a per-process cache, active inside :func:`_task_context`."""
-    key = getattr(_LOCAL, "compile_key", None)
-    if key is None:
-        return _ORIGINALS["compile_pymc_model"](model, **kwargs)
-    full_key = (key, repr(sorted(kwargs.items(), key=lambda item: item[0])))
-    with _CACHE_LOCK:
-        compiled = _CACHE.get(full_key)
-        if compiled is not None:
-            _CACHE.move_to_end(full_key)
-    if compiled is not None:
-        _LOCAL.events.append("hit")
-        return compiled
-    compiled = _ORIGINALS["compile_pymc_model"](model, **kwargs)
-    with _CACHE_LOCK:
-        _CACHE[full_key] = compiled
-        while len(_CACHE) > COMPILE_CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    _LOCAL.events.append("miss")
-    return compiled
 
 
 def _capped_sample(*args, **kwargs):
@@ -552,51 +526,38 @@ def _capped_sample(*args, **kwargs):
 
 
 def _install_nutpie_hooks() -> None:
-    """Wrap ``nutpie.compile_pymc_model`` and ``nutpie.sample`` once per process (PyMC looks them up on the
-    module at call time). Outside a task context the wrappers call the originals unchanged."""
+    """Wrap ``nutpie.sample`` once per process (bayescal and PyMC look it up on the module at call time).
+    Outside a task context the wrapper calls the original unchanged."""
     import nutpie
 
     with _PATCH_LOCK:
         if _ORIGINALS:
             return
-        _ORIGINALS["compile_pymc_model"] = nutpie.compile_pymc_model
         _ORIGINALS["sample"] = nutpie.sample
-        nutpie.compile_pymc_model = _cached_compile_pymc_model
         nutpie.sample = _capped_sample
 
 
 @contextmanager
-def _task_context(compile_key: str | None, cores: int | None) -> Iterator[list[str]]:
-    """Within: nutpie compilations use the per-process cache under ``compile_key`` (None: no cache) and
-    sampling uses at most ``cores`` threads (None: as PyMC asks). Yields the list of cache events."""
+def _task_context(keep_compiled: bool, cores: int | None) -> Iterator[list[str]]:
+    """Within: nutpie's compiled models of this task are kept in the process for later tasks only if
+    ``keep_compiled`` (:func:`bayescal.compilation.object_cache`), and sampling uses at most ``cores``
+    threads (None: as asked). Yields the list of compiled-model cache events (``hit`` / ``miss``)."""
+    from bayescal.compilation import object_cache
+
     _install_nutpie_hooks()
-    events: list[str] = []
-    _LOCAL.compile_key, _LOCAL.cores, _LOCAL.events = compile_key, cores, events
+    _LOCAL.cores = cores
     try:
-        yield events
+        with object_cache(keep=keep_compiled) as events:
+            yield events
     finally:
-        _LOCAL.compile_key, _LOCAL.cores, _LOCAL.events = None, None, []
-
-
-def compile_key(spec, chain: str | Path, underlying: str | None) -> str:
-    """Key of the compiled model of a fit: the spec without its ``[fit]`` table, the chain file's contents
-    (sha256) and the underlying. Fits with equal keys build the same PyMC model.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the chain file does not exist.
-    """
-    structure = {k: v for k, v in spec.to_dict().items() if k != "fit"}
-    content = hashlib.sha256(Path(chain).read_bytes()).hexdigest()
-    payload = json.dumps({"spec": structure, "chain": content, "underlying": underlying}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+        _LOCAL.cores = None
 
 
 def clear_compile_cache() -> None:
-    """Empty this process's cache of compiled models."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    """Empty this process's cache of compiled models (:func:`bayescal.compilation.clear_recipe_objects`)."""
+    from bayescal.compilation import clear_recipe_objects
+
+    clear_recipe_objects()
 
 
 # --- running one task (on a worker) --------------------------------------------------------------------
@@ -626,7 +587,8 @@ def run_task(task: BatchTask, out: str | Path, *, cores_per_fit: int | None = No
     cores_per_fit : int, optional
         Most threads nutpie samples on (None: PyMC's ``min(chains, cpu_count)``).
     use_compile_cache : bool
-        Reuse compiled models of earlier calibrate tasks with the same :func:`compile_key` in this process.
+        Keep this calibrate task's compiled nutpie model in the process for later tasks with the same model
+        and quotes (a task always reuses one kept earlier).
 
     Returns
     -------
@@ -672,8 +634,7 @@ def _run_calibrate(task: BatchTask, out: Path, cores: int | None, use_cache: boo
 
     spec = task.load_spec()
     quotes = read_chain(Path(task.chain), underlying=task.underlying)
-    key = compile_key(spec, task.chain, task.underlying) if use_cache else None
-    with _task_context(key, cores) as events:
+    with _task_context(use_cache, cores) as events:
         result = fit(spec, quotes, progressbar=False)
     path = result_path(out, task)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a worker killed while writing
@@ -689,7 +650,7 @@ def _run_track(task: BatchTask, out: Path, cores: int | None) -> dict[str, Any]:
     spec = task.load_spec()
     settings = UpdateSettings(**{TRACK_SETTINGS[k]: v for k, v in task.settings.items()})
     path = result_path(out, task)
-    with _task_context(None, cores):
+    with _task_context(False, cores):
         tree = run_track([Path(f) for f in task.files], spec, path.parent, underlying=task.underlying,
                          settings=settings, log=logger.info)
     statuses = [str(s) for s in tree.to_dataset()["status"].to_numpy()]
@@ -780,8 +741,8 @@ def run_batch(tasks: list[BatchTask], out: str | Path, *, workers: int | None = 
         PyTensor ``base_compiledir`` of the local workers (and of this process when serial, if PyTensor is
         not imported yet). Default: PyTensor's own (``~/.pytensor``), already shared by local workers.
     use_compile_cache : bool
-        Reuse compiled models within each worker process (see :func:`compile_key`); applied to the tasks
-        that share their model with another task of the batch (others compile without keeping the result).
+        Keep compiled models within each worker process for the tasks that share their model with another
+        task of the batch (others compile without keeping the result; see :func:`_task_context`).
     dashboard_address : str
         Dashboard address of the local cluster (``":0"``: a free port; the link is printed).
     on_result : callable, optional

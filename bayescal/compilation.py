@@ -44,6 +44,7 @@ import io
 import logging
 import os
 import pickle
+import threading
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -521,6 +522,92 @@ def recipe_function(recipe: Any, build: Callable[[], Any], *, recipe_holds_share
         _recent_recipes.popitem(last=False)
     return fn
 
+
+#: objects kept in memory by :func:`recipe_object`, most recently used last (at most RECENT_RECIPES)
+_recent_objects: OrderedDict[str, Any] = OrderedDict()
+_object_lock = threading.Lock()
+#: per-thread policy of :func:`recipe_object`, set by :func:`object_cache`
+_object_policy = threading.local()
+
+
+def recipe_object(recipe: Any, build: Callable[[], Any]) -> Any:
+    """The object ``build()`` makes, kept in memory under ``recipe`` for the rest of the process.
+
+    For compiled objects that cannot be stored on disk, such as nutpie's compiled model (numba C
+    callbacks around the log density): a later request with an equal recipe in the same process (the
+    same model refitted with other draws, seeds or sampler settings; a batch's seed sweep; a benchmark's
+    repeats) gets the same object without compiling it again. ``recipe`` is keyed as in
+    :func:`recipe_function` (bayescal's source fingerprint and the library versions included); the last
+    :data:`RECENT_RECIPES` objects are kept. :func:`object_cache` sets, per thread, whether new objects
+    are kept and collects hit / miss events.
+
+    Parameters
+    ----------
+    recipe : object
+        As for :func:`recipe_function`: it must determine ``build()``'s result completely.
+    build : callable
+        Makes the object.
+
+    Returns
+    -------
+    object
+        ``build()``'s object, or the one an equal recipe made earlier in this process (always built
+        while the cache is off or the recipe cannot be keyed).
+    """
+    events = getattr(_object_policy, "events", None)
+    if function_cache_dir() is None:
+        return build()
+    try:
+        key = _recipe_key(("in-memory object", recipe))
+    except Exception as why:  # as in recipe_function: a key must never stop a compilation
+        _log.debug("function cache: recipe not keyable (%s: %s)", type(why).__name__, why)
+        function_cache_events["object_uncacheable"] += 1
+        return build()
+    with _object_lock:
+        obj = _recent_objects.get(key)
+        if obj is not None:
+            _recent_objects.move_to_end(key)
+    if obj is not None:
+        function_cache_events["object_hit"] += 1
+        if events is not None:
+            events.append("hit")
+        return obj
+    obj = build()
+    function_cache_events["object_miss"] += 1
+    if events is not None:
+        events.append("miss")
+    if getattr(_object_policy, "keep", True):
+        with _object_lock:
+            _recent_objects[key] = obj
+            while len(_recent_objects) > RECENT_RECIPES:
+                _recent_objects.popitem(last=False)
+    return obj
+
+
+@contextlib.contextmanager
+def object_cache(*, keep: bool = True) -> Iterator[list[str]]:
+    """Within the block, in this thread: :func:`recipe_object` keeps the objects it builds only if ``keep``
+    (a compiled model holds memory; a batch keeps only models that other tasks share), and records
+    ``"hit"`` / ``"miss"`` per request in the yielded list.
+
+    Yields
+    ------
+    list of str
+        The events, in order.
+    """
+    events: list[str] = []
+    saved = getattr(_object_policy, "keep", True), getattr(_object_policy, "events", None)
+    _object_policy.keep, _object_policy.events = keep, events
+    try:
+        yield events
+    finally:
+        _object_policy.keep, _object_policy.events = saved
+
+
+def clear_recipe_objects() -> None:
+    """Forget the objects :func:`recipe_object` keeps in this process."""
+    with _object_lock:
+        _recent_objects.clear()
 
 @contextlib.contextmanager
 def compilation() -> Iterator[None]:

@@ -49,6 +49,27 @@ def test_demo_result_layout(demo_result):
     assert 0 < timings["sampling_seconds"] < timings["fit_seconds"] <= timings["total_seconds"]
 
 
+def test_refit_reuses_the_compiled_nuts_model(demo_result):
+    """A refit of the same spec on the same quotes in the same process takes nutpie's compiled model
+    from memory (numba cannot cache it on disk): the same seed gives the same draws, another seed
+    other draws, and a changed likelihood compiles anew."""
+    from bayescal.compilation import function_cache_events
+
+    spec = load_spec("svi").with_fit(**FAST)
+    chain = read_chain(bundled_demo_chain())
+    hits = function_cache_events["object_hit"]
+    again = fit(spec, chain, progressbar=False, arbitrage_check=False)
+    assert function_cache_events["object_hit"] == hits + 1
+    assert again.posterior["svi_vmin"].identical(demo_result.posterior["svi_vmin"])
+    other = fit(spec.with_fit(random_seed=spec.fit.random_seed + 1), chain, progressbar=False, arbitrage_check=False)
+    assert function_cache_events["object_hit"] == hits + 2
+    assert not np.allclose(other.posterior["svi_vmin"], demo_result.posterior["svi_vmin"])
+    hits = function_cache_events["object_hit"]
+    weighted = fit(spec.with_likelihood(spread_weight=0.5), chain, progressbar=False, arbitrage_check=False)
+    assert function_cache_events["object_hit"] == hits
+    assert weighted.convergence["divergences"] == 0
+
+
 def test_save_load_round_trip(demo_result, tmp_path):
     path = demo_result.save(tmp_path / "r.nc")
     assert not list(tmp_path.glob(".*.tmp"))
