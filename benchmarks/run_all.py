@@ -16,8 +16,9 @@ and raw figures as JSON (``--json``, see ``benchmarks/_results.py``). This scrip
   figures (as an HTML comment, so that a later ``--only`` run can recompute the targets table);
 * the targets of issue 8, each with the measured figure and whether it is met.
 
-``--only`` reruns some benchmarks and keeps the other blocks as they are. The document is rewritten
-atomically after every benchmark, so an interrupted run keeps what it finished. ``--quick`` runs
+``--only`` reruns some benchmarks and keeps the other blocks as they are; ``--render`` runs nothing and
+only rewrites the section from its blocks. The document is rewritten atomically after every benchmark,
+so an interrupted run keeps what it finished. ``--quick`` runs
 reduced sizes (a smoke test of the scripts; its blocks are labelled as such and are not results).
 """
 
@@ -153,8 +154,10 @@ def targets(figures: dict[str, dict]) -> str:
         draws = f" ({nuts['chains']} x {nuts['draws']})" if nuts else ""
         add("NUTS sampling <= 5x LM" + draws, where, _ratio(f, "nuts", "sampling_seconds"), "{:.2f}x",
             lambda x: x <= 5)
-        add("NUTS whole fit (build, compilation, post-fit checks) <= 10x LM", where,
+        add("NUTS whole fit (build, compilation, post-fit checks) <= 10x LM, warm cache", where,
             _ratio(f, "nuts", "wall_seconds"), "{:.2f}x", lambda x: x <= 10)
+        add("NUTS whole fit, first in a new process (nutpie compiles; disk caches warm) <= 10x LM", where,
+            _ratio(f, "nuts", "cold_seconds"), "{:.2f}x", lambda x: x <= 10)
         if nuts:
             divergences = nuts["divergences"]
             add("NUTS converged (R-hat <= 1.01, 0 divergences)", where, nuts["max_rhat"],
@@ -221,7 +224,13 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=ROOT / "docs/benchmarks.md")
     parser.add_argument("--only", help="comma-separated benchmarks: " + ", ".join(b.key for b in BENCHES))
     parser.add_argument("--quick", action="store_true", help="reduced sizes (smoke test, not results)")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: rewrite the section from its blocks (machine line, targets table)")
     args = parser.parse_args()
+    if args.render:
+        before, blocks, after = split_doc(args.doc.read_text())
+        write_text_atomic(args.doc, before + render_section(blocks, machine()) + ("\n" + after if after else ""))
+        return
     chosen = BENCHES
     if args.only:
         keys = args.only.split(",")
