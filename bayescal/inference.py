@@ -17,6 +17,7 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from bayescal.arbitrage import arbitrage_free_share
 from bayescal.compilation import compilation, compile_mode, defined_in_bayescal, recipe_function, recipe_object
@@ -151,10 +152,12 @@ def _sample_nuts(model: pm.Model, cfg: FitConfig, progressbar: bool,
     compiled = recipe_object((*recipe, "nutpie", initvals), build) if recipe is not None else build()
     # PyMC's seeding of an external sampler: the first of the per-chain seeds it spawns
     seed = int(get_random_generator(cfg.random_seed).spawn(cfg.chains)[0].integers(2**30))
+    cores = min(cfg.chains, os.cpu_count() or 1)
     t0 = time.perf_counter()
-    idata = nutpie.sample(compiled, draws=cfg.draws, tune=max(cfg.tune, 1), chains=cfg.chains,
-                          cores=min(cfg.chains, os.cpu_count() or 1), seed=seed, save_warmup=False,
-                          progress_bar=progressbar, target_accept=cfg.target_accept, adaptation=cfg.adaptation)
+    with threadpool_limits(limits=cores):  # as pm.sample: BLAS pools no larger than the sampling threads
+        idata = nutpie.sample(compiled, draws=cfg.draws, tune=max(cfg.tune, 1), chains=cfg.chains, cores=cores,
+                              seed=seed, save_warmup=False, progress_bar=progressbar,
+                              target_accept=cfg.target_accept, adaptation=cfg.adaptation)
     idata["posterior"].attrs["sampling_time"] = time.perf_counter() - t0
     return idata
 
