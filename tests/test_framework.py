@@ -324,18 +324,20 @@ def test_fit_quality_of_price_models_inverts_model_prices_exactly():
 
 def test_prior_draws_honour_potentials():
     """SABR's attainable-ATM wall is a prior term: about 5% of raw draws on a 1-year grid break it
-    (the ATM vol beyond what Hagan's expansion reaches with the drawn rho, nu); sample_prior's never do."""
+    (the ATM vol beyond what Hagan's expansion reaches with the drawn rho, nu); sample_prior's never do.
+    Its second wall (the expansion near its fold) holds for them too."""
     import pymc as pm
 
     from bayescal.inference import build_model, sample_prior
-    from bayescal.kernels.sabr import sabr_lognormal_vol
+    from bayescal.kernels.sabr import sabr_atm_elasticity, sabr_lognormal_vol
     from bayescal.market.filters import filter_quotes, used_quotes
+    from bayescal.pricing_models import ELASTICITY_SCALE
     from bayescal.studies import DEFAULT_TAUS, simulated_chain
 
     spec = load_spec("sabr")
     flat = simulated_chain("black76", {"iv": np.full(DEFAULT_TAUS.size, 0.6)}, np.random.default_rng(0))
     model = build_model(spec, used_quotes(filter_quotes(flat, spec.filters)))
-    assert [p.name for p in model.potentials] == ["sabr_attainable"]
+    assert [p.name for p in model.potentials] == ["sabr_attainable", "sabr_expansion_valid"]
 
     def shortfall(prior):
         atm = sabr_lognormal_vol(1.0, 1.0, DEFAULT_TAUS, prior["sabr_alpha"].to_numpy()[0], 1.0,
@@ -350,6 +352,10 @@ def test_prior_draws_honour_potentials():
     prior = sample_prior(model, 400, 2)
     assert prior.sizes["draw"] == 400 and np.all(prior["draw"].to_numpy() == np.arange(400))
     assert np.abs(shortfall(prior)).max() < 1e-9
+    # the second wall keeps the ATM vol's elasticity in alpha near or above 0.5 (away from the fold)
+    elasticity = sabr_atm_elasticity(1.0, DEFAULT_TAUS, prior["sabr_alpha"].to_numpy()[0], 1.0,
+                                     prior["sabr_rho"].to_numpy()[0], prior["sabr_nu"].to_numpy()[0]).eval()
+    assert elasticity.min() > 0.5 - 3 * ELASTICITY_SCALE
     assert np.isfinite(prior["sabr_alpha"].to_numpy()).all()
 
 

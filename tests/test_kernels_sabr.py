@@ -17,7 +17,13 @@ from conftest import load_reference, passes_reference
 from pytensor.compile.mode import Mode
 
 from bayescal.kernels.black import black76_price
-from bayescal.kernels.sabr import sabr_alpha_from_atm_vol, sabr_black76_price, sabr_lognormal_vol, sabr_normal_vol
+from bayescal.kernels.sabr import (
+    sabr_alpha_from_atm_vol,
+    sabr_atm_elasticity,
+    sabr_black76_price,
+    sabr_lognormal_vol,
+    sabr_normal_vol,
+)
 
 CASES = load_reference("sabr.json")["cases"]
 CASES_BY_ID = {c["id"]: c for c in CASES}
@@ -455,6 +461,30 @@ def test_alpha_fold_keeps_the_first_branch_for_beta_below_one(fold_fn):
     assert atm[0] < 0.5 and np.all(np.isfinite(np.stack(grads)))
     with pytest.raises(ValueError, match="unattainable"):
         sabr_alpha_from_atm_vol(1.0, 1.0, 0.5, 0.5, 0.0, 0.3, unattainable="clip")
+
+
+def test_atm_elasticity_matches_differences_and_vanishes_at_the_fold(fold_fn):
+    """``d ln sigma_ATM / d ln alpha`` equals central differences of the expansion's ATM vol, is 1 at
+    ``tau = 0`` and 0 at the fold (the beta = 1 case above, and the first-branch peak for beta = 0.5)."""
+    rng = np.random.default_rng(4)
+    n = 40
+    f, tau = rng.uniform(0.5, 2.0, n), rng.uniform(0.0, 2.0, n)
+    alpha, beta = rng.uniform(0.05, 0.8, n), rng.uniform(0.0, 1.0, n)
+    rho, nu, shift = rng.uniform(-0.9, 0.9, n), rng.uniform(0.0, 2.0, n), rng.uniform(0.0, 0.3, n)
+    e = sabr_atm_elasticity(f, tau, alpha, beta, rho, nu, shift).eval(mode=FAST)
+    h = 1e-5
+
+    def log_atm(a):
+        return np.log(sabr_lognormal_vol(f, f, tau, a, beta, rho, nu, shift).eval(mode=FAST))
+
+    differences = (log_atm(alpha * np.exp(h)) - log_atm(alpha * np.exp(-h))) / (2 * h)
+    np.testing.assert_allclose(e, differences, rtol=1e-7, atol=1e-8)
+    assert sabr_atm_elasticity(1.0, 0.0, 0.3, 0.5, -0.5, 1.0).eval(mode=FAST) == pytest.approx(1.0, abs=1e-15)
+    for beta_, nu_, vol in ((1.0, 2.0, 0.9), (0.5, 5.0, 0.5)):  # both beyond the fold
+        args = [np.array([v]) for v in (1.0, 1.0, vol, beta_, -0.9, nu_, 0.0)]
+        fold_alpha = fold_fn(*args)[0]
+        assert sabr_atm_elasticity(1.0, 1.0, fold_alpha, beta_, -0.9, nu_).eval(mode=FAST)[0] == pytest.approx(
+            0.0, abs=1e-9)
 
 
 def test_model_gradient_finite_where_the_atm_cubic_has_a_double_root():

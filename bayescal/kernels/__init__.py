@@ -33,7 +33,13 @@ from bayescal.kernels.merton import (
     merton_poisson_tail,
     merton_price,
 )
-from bayescal.kernels.sabr import sabr_alpha_from_atm_vol, sabr_black76_price, sabr_lognormal_vol, sabr_normal_vol
+from bayescal.kernels.sabr import (
+    sabr_alpha_from_atm_vol,
+    sabr_atm_elasticity,
+    sabr_black76_price,
+    sabr_lognormal_vol,
+    sabr_normal_vol,
+)
 from bayescal.kernels.ssvi_conditions import (
     SsviButterflyMargins,
     SsviCalendarMargins,
@@ -86,6 +92,7 @@ __all__ = [
     "merton_poisson_tail",
     "merton_price",
     "sabr_alpha_from_atm_vol",
+    "sabr_atm_elasticity",
     "sabr_black76_price",
     "sabr_lognormal_vol",
     "sabr_normal_vol",

@@ -42,6 +42,7 @@ from bayescal.kernels.black import _check_constant, black76_norm_price
 
 __all__ = [
     "sabr_alpha_from_atm_vol",
+    "sabr_atm_elasticity",
     "sabr_black76_price",
     "sabr_lognormal_vol",
     "sabr_normal_vol",
@@ -335,6 +336,43 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0, una
         first_branch = pt.and_(found, pt.or_(pt.invert(has_fold), pt.le(x0, fold)))
         x = pt.switch(first_branch, x, fold)
     return x * pt.exp(omb * pt.log(forward + shift))
+
+
+def sabr_atm_elasticity(forward, tau, alpha, beta, rho, nu, shift=0.0):
+    """Elasticity ``d ln sigma_ATM / d ln alpha`` of the [H02]_ eq. (2.17a) ATM vol in ``alpha``.
+
+    With ``x = alpha / f**(1 - beta)`` and the coefficients of :func:`sabr_alpha_from_atm_vol`,
+    ``sigma_ATM = x (c1 + c2 x + c3 x**2)``, so::
+
+        e = (c1 + 2 c2 x + 3 c3 x**2) / (c1 + c2 x + c3 x**2).
+
+    ``e = 1`` as ``tau -> 0`` (the ATM vol is ``alpha / f**(1 - beta)``), ``e = 0`` at the fold of the
+    expansion (the largest ATM vol its first branch reaches), and ``e`` falls towards 0 as the
+    ``tau`` correction grows to the size of the leading term, i.e. where the small-time expansion is
+    no longer accurate.
+
+    Parameters
+    ----------
+    forward, tau, alpha, beta, rho, nu, shift
+        As in :func:`sabr_lognormal_vol`; scalars, arrays or tensors, broadcast.
+
+    Returns
+    -------
+    TensorVariable
+        ``e``, dimensionless, broadcast shape. Inputs are not checked (a prior term of sampled
+        parameters uses it).
+
+    References
+    ----------
+    [H02]_ eq. (2.17a) at ``K = f``.
+    """
+    forward, tau, alpha, beta, rho, nu, shift = _tensors(forward, tau, alpha, beta, rho, nu, shift)
+    omb = 1.0 - beta
+    x = alpha / pt.exp(omb * pt.log(forward + shift))
+    c3 = omb * omb * tau / 24.0
+    c2 = 0.25 * rho * beta * nu * tau
+    c1 = 1.0 + (2.0 - 3.0 * rho * rho) * nu * nu * tau / 24.0
+    return (c1 + (2.0 * c2 + 3.0 * c3 * x) * x) / (c1 + (c2 + c3 * x) * x)
 
 
 def sabr_black76_price(forward, strike, tau, alpha, beta, rho, nu, cp, discount_factor=1.0, shift=0.0):
