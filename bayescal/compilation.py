@@ -30,6 +30,10 @@ short description determines completely, such as a pricing model's data-independ
 greeks functions, are therefore also cached by that description (:func:`recipe_function`): the
 description, a fingerprint of bayescal's own source files and the package versions and flags key the
 compiled function, and a hit skips building the graph altogether.
+
+Compiled objects that cannot be pickled, such as nutpie's compiled model (numba C callbacks), are kept
+in memory only, under the same kind of recipe (:func:`recipe_object`): a refit of the same model on the
+same quotes in one process reuses them.
 """
 
 from __future__ import annotations
@@ -556,6 +560,8 @@ def recipe_object(recipe: Any, build: Callable[[], Any]) -> Any:
     """
     events = getattr(_object_policy, "events", None)
     if function_cache_dir() is None:
+        if events is not None:
+            events.append("miss")
         return build()
     try:
         key = _recipe_key(("in-memory object", recipe))

@@ -463,7 +463,7 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
     with compilation():
         idata = _FITTERS[cfg.method](model, cfg, progressbar, **extra)
         t_fit = time.perf_counter() - t0
-        # PyMC stamps the time nutpie spent sampling (tuning included, compilation excluded)
+        # the time nutpie spent sampling (tuning included, compilation excluded), stamped by _sample_nuts
         t_sampling = idata["posterior"].attrs.get("sampling_time")
         fit_problems = list(idata.attrs.get("fit_problems", []))
         idata = _standard_layout(idata, model)
