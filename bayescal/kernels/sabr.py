@@ -237,6 +237,14 @@ def _largest_real_root_monic_cubic(a, b, c):
     return t - a / 3.0
 
 
+def _atm_cubic_coefficients(tau, beta, rho, nu):
+    """``(c1, c2, c3)`` of the [H02]_ eq. (2.17a) ATM vol ``x (c1 + c2 x + c3 x**2)``, ``x = alpha / f**(1 - beta)``."""
+    c1 = 1.0 + (2.0 - 3.0 * rho * rho) * nu * nu * tau / 24.0
+    c2 = 0.25 * rho * beta * nu * tau
+    c3 = (1.0 - beta) * (1.0 - beta) * tau / 24.0
+    return c1, c2, c3
+
+
 def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0, unattainable="nan"):
     """SABR ``alpha`` reproducing a given ATM Black volatility under [H02]_ eq. (2.17a).
 
@@ -304,9 +312,7 @@ def sabr_alpha_from_atm_vol(forward, tau, atm_vol, beta, rho, nu, shift=0.0, una
     _check_constant("tau", tau, lambda a: a >= 0.0, ">= 0")
     forward, tau, atm_vol, beta, rho, nu, shift = _tensors(forward, tau, atm_vol, beta, rho, nu, shift)
     omb = 1.0 - beta
-    c3 = omb * omb * tau / 24.0
-    c2 = 0.25 * rho * beta * nu * tau
-    c1 = 1.0 + (2.0 - 3.0 * rho * rho) * nu * nu * tau / 24.0
+    c1, c2, c3 = _atm_cubic_coefficients(tau, beta, rho, nu)
 
     def residual(x):
         return ((c3 * x + c2) * x + c1) * x - atm_vol
@@ -367,11 +373,8 @@ def sabr_atm_elasticity(forward, tau, alpha, beta, rho, nu, shift=0.0):
     [H02]_ eq. (2.17a) at ``K = f``.
     """
     forward, tau, alpha, beta, rho, nu, shift = _tensors(forward, tau, alpha, beta, rho, nu, shift)
-    omb = 1.0 - beta
-    x = alpha / pt.exp(omb * pt.log(forward + shift))
-    c3 = omb * omb * tau / 24.0
-    c2 = 0.25 * rho * beta * nu * tau
-    c1 = 1.0 + (2.0 - 3.0 * rho * rho) * nu * nu * tau / 24.0
+    x = alpha / pt.exp((1.0 - beta) * pt.log(forward + shift))
+    c1, c2, c3 = _atm_cubic_coefficients(tau, beta, rho, nu)
     return (c1 + (2.0 * c2 + 3.0 * c3 * x) * x) / (c1 + (c2 + c3 * x) * x)
 
 
