@@ -26,7 +26,7 @@ from bayescal.conventions import EXPIRY_DIM
 from bayescal.errors import SpecError
 from bayescal.kernels.bates import bates_norm_price
 from bayescal.kernels.heston import heston_norm_price
-from bayescal.kernels.merton import merton_norm_price
+from bayescal.kernels.merton import merton_max_poisson_mean, merton_norm_price
 from bayescal.kernels.sabr import sabr_alpha_from_atm_vol, sabr_atm_elasticity, sabr_lognormal_vol
 from bayescal.kernels.surface import DEFAULT_SURFACE_NODES, bates_surface_norm_price, heston_surface_norm_price
 from bayescal.kernels.svi import ssvi_phi_power_law, ssvi_total_variance, svi_raw_total_variance
@@ -584,51 +584,141 @@ def lognormal_jump_sizes(jump_intensity, jump_variance_rate, jump_mean_ratio):
     return jump_mean_ratio * size, ((1.0 - jump_mean_ratio) * (1.0 + jump_mean_ratio)) ** 0.5 * size
 
 
+def merton_variance_split(total_volatility, jump_variance_share):
+    """Diffusion volatility and jump variance rate from the total variance rate and the jumps' share.
+
+    The variance rate of the log forward of a jump-diffusion is the diffusion's plus the jumps'
+    (second cumulant rate, e.g. Cont & Tankov 2004, Proposition 3.13)::
+
+        total_volatility**2 = volatility**2 + jump_variance_rate,
+        volatility = sqrt(1 - jump_variance_share) total_volatility,
+        jump_variance_rate = jump_variance_share total_volatility**2
+
+    Works on numpy arrays and PyTensor variables alike (operators only).
+
+    Parameters
+    ----------
+    total_volatility : array_like or TensorVariable
+        ``sqrt(volatility**2 + lambda (mu_J**2 + sigma_J**2))`` > 0, per sqrt(year).
+    jump_variance_share : array_like or TensorVariable
+        In (0, 1): the jumps' part of the variance rate.
+
+    Returns
+    -------
+    tuple
+        ``(volatility, jump_variance_rate)``, broadcast shapes of the inputs.
+
+    Raises
+    ------
+    Nothing: inputs are not checked (the priors keep them in their supports).
+
+    Notes
+    -----
+    Why these coordinates: quotes pin the total variance rate (0.4% in log terms in a Merton
+    recovery fit) while the split between diffusion and many small jumps is weakly identified; in
+    ``(log volatility, log jump_variance_rate)`` that split is a curve (correlation -0.97), here it
+    lies along ``jump_variance_share`` alone.
+    """
+    return (1.0 - jump_variance_share) ** 0.5 * total_volatility, jump_variance_share * total_volatility**2
+
+
 class LognormalJumps:
     """Mixin (listed before a :class:`PricingModel` base) for models with compound Poisson lognormal
-    jumps sampled as :data:`JUMP_PARAMETERS`.
+    jumps sampled as :data:`JUMP_PARAMETERS`, or with ``jump_variance_rate`` derived by
+    :meth:`variance_rates` from other sampled parameters.
 
     Adds the kernel inputs ``jump_log_mean`` and ``jump_log_stdev`` (stored as deterministics) to the
     sampled parameters, see :func:`lognormal_jump_sizes`.
     """
 
+    def variance_rates(self, p: dict) -> dict:
+        """Derived variance-rate parameters (numpy or PyTensor) from sampled ones; none by default."""
+        return {}
+
     def sample_parameters(self, priors: PriorSet) -> dict[str, pt.TensorVariable]:  # noqa: D102 (base)
         p = super().sample_parameters(priors)
+        p |= {n: self.deterministic(n, v, per_expiry=False) for n, v in self.variance_rates(p).items()}
         mean, stdev = lognormal_jump_sizes(*(p[n] for n in JUMP_PARAMETERS))
         return {**p, "jump_log_mean": self.deterministic("jump_log_mean", mean, per_expiry=False),
                 "jump_log_stdev": self.deterministic("jump_log_stdev", stdev, per_expiry=False)}
 
     def input_values(self, parameters: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # noqa: D102 (base)
-        mean, stdev = lognormal_jump_sizes(*(np.asarray(parameters[n], float) for n in JUMP_PARAMETERS))
-        out = {**parameters, "jump_log_mean": mean, "jump_log_stdev": stdev}
+        p = {n: np.asarray(v, float) for n, v in parameters.items()}
+        p |= self.variance_rates(p)
+        mean, stdev = lognormal_jump_sizes(*(p[n] for n in JUMP_PARAMETERS))
+        out = {**p, "jump_log_mean": mean, "jump_log_stdev": stdev}
         return {n: out[n] for n in self.kernel_inputs}
+
+
+#: Merton's series-validity wall (log units of the longest expiry's Poisson mean): it starts
+#: SERIES_WALL_MARGIN below the mean that ``n_terms`` covers to 1e-12 and rises as a Gaussian of width
+#: SERIES_WALL_SCALE, so its curvature in ln(jump_intensity), 25, stays near the posterior's (a wall 1
+#: Poisson-mean unit wide, curvature ~1,800 there, threw NUTS trajectories across the posterior: 13
+#: divergences in a recovery fit).
+SERIES_WALL_MARGIN = 0.6
+SERIES_WALL_SCALE = 0.2
 
 
 class MertonSurface(LognormalJumps, PricingModel):
     """Merton (1976) jump-diffusion for the whole surface (one parameter set for every expiry).
 
     Undiscounted normalised price by the Poisson series of Black-76 prices
-    (:func:`bayescal.kernels.merton.merton_norm_price`, 64 terms: tail mass < 1e-12 while
-    ``jump_intensity * tau <= 22.68``). Sampled: diffusion ``volatility``, and the jumps as
-    :data:`JUMP_PARAMETERS` (``jump_intensity`` per year, ``jump_variance_rate`` per year,
-    ``jump_mean_ratio``); the kernel takes ``jump_log_mean`` and ``jump_log_stdev`` of the log jump
-    size from :func:`lognormal_jump_sizes`. The drift is compensated. Linked to the IV likelihood
-    through the exact implied vol of the model price
+    (:func:`bayescal.kernels.merton.merton_norm_price`, ``n_terms`` terms, see below). Sampled:
+    ``total_volatility`` (per sqrt(year)) and ``jump_variance_share`` (in (0, 1)), which give the
+    diffusion ``volatility`` and the ``jump_variance_rate`` by :func:`merton_variance_split`, and
+    ``jump_intensity`` (per year) and ``jump_mean_ratio``; the kernel takes ``volatility``,
+    ``jump_intensity`` and ``jump_log_mean`` and ``jump_log_stdev`` of the log jump size from
+    :func:`lognormal_jump_sizes` (all stored). The drift is compensated. Linked to the IV
+    likelihood through the exact implied vol of the model price
     (:meth:`bayescal.likelihoods.IVLikelihood.model_iv_from_price`).
+
+    Setting ``n_terms`` (default 128) sizes the series. The series is accurate to 1e-12 while the
+    Poisson means of calls and puts, ``Lambda = jump_intensity * tau * max(1 + m, 1)``, stay at or
+    below ``covered`` = :func:`~bayescal.kernels.merton.merton_max_poisson_mean` of ``n_terms``
+    (63.8 for 128 terms); past it, prices fall short by up to the Poisson tail, a cliff in the
+    likelihood. A Potential ``merton_series_valid`` (a prior term) keeps the sampler where the
+    series holds::
+
+        -0.5 (max(ln(Lambda_max / covered) + SERIES_WALL_MARGIN, 0) / SERIES_WALL_SCALE)**2
+
+    with ``Lambda_max`` that of the longest expiry: zero up to 35 jumps a year at a 1-year longest
+    expiry for 128 terms, -4.5 nats at ``covered``, -14 where the tail reaches 1e-3.
     """
 
     lookup_name = "merton"
-    parameters = ("volatility", *JUMP_PARAMETERS)
-    supports: ClassVar[dict[str, str]] = {"volatility": "positive", **JUMP_SUPPORTS}
+    parameters = ("total_volatility", "jump_variance_share", "jump_intensity", "jump_mean_ratio")
+    supports: ClassVar[dict[str, str]] = {"total_volatility": "positive", "jump_variance_share": "unit",
+                                          "jump_intensity": "positive", "jump_mean_ratio": "signed_unit"}
     kernel_inputs = ("volatility", *JUMP_KERNEL_INPUTS)
     output = "norm_price"
 
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        n_terms = self.settings["n_terms"]
+        if isinstance(n_terms, bool) or not isinstance(n_terms, int) or n_terms < 1:
+            raise SpecError(f"model {self.lookup_name!r}: n_terms must be a positive integer, got {n_terms!r}")
+
+    @classmethod
+    def settings_defaults(cls):  # noqa: D102 (documented on the base)
+        return {"n_terms": 128}
+
+    def variance_rates(self, p):  # noqa: D102 (documented on LognormalJumps)
+        volatility, rate = merton_variance_split(p["total_volatility"], p["jump_variance_share"])
+        return {"volatility": volatility, "jump_variance_rate": rate}
+
     def create_parameters(self, priors, tau_expiry):  # noqa: D102 (documented on the base)
         p = self.sample_parameters(priors)
+        # calls weigh the terms by Poisson(lambda (1 + m) tau), puts by Poisson(lambda tau) (kernel docstring)
+        log_growth = pt.maximum(p["jump_log_mean"] + 0.5 * p["jump_log_stdev"] ** 2, 0.0)
+        log_mean = pt.log(p["jump_intensity"] * pt.max(tau_expiry)) + log_growth
+        start = np.log(merton_max_poisson_mean(self.settings["n_terms"])) - SERIES_WALL_MARGIN
+        excess = pt.maximum(log_mean - start, 0.0)
+        pm.Potential(self.name("series_valid"), -0.5 * pt.sqr(excess / SERIES_WALL_SCALE))
         return {n: p[n] for n in self.kernel_inputs}
 
     def kernel(self, k, tau, cp, *, volatility, jump_intensity, jump_log_mean, jump_log_stdev):  # noqa: D102
-        return merton_norm_price(k, tau, volatility, jump_intensity, jump_log_mean, jump_log_stdev, cp)
+        return merton_norm_price(k, tau, volatility, jump_intensity, jump_log_mean, jump_log_stdev, cp,
+                                 n_terms=self.settings["n_terms"])
 
 
 def expiry_tau(quotes: xr.Dataset) -> np.ndarray:

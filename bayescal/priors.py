@@ -46,6 +46,8 @@ def unconstrained_transform(prior: Prior) -> tuple[str, float, float]:
     kwargs = prior.to_dict().get("kwargs", {})
     if "lower" in kwargs and "upper" in kwargs:
         return "interval", float(kwargs["lower"]), float(kwargs["upper"])
+    if prior.distribution == "Beta":
+        return "interval", 0.0, 1.0
     if prior.distribution in POSITIVE_DISTS:
         return "log", 0.0, 0.0
     if prior.distribution in ("Normal", "StudentT", "Cauchy"):

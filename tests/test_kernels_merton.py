@@ -20,6 +20,7 @@ from bayescal.kernels.black import black76_norm_price
 from bayescal.kernels.merton import (
     MERTON_DEFAULT_N_TERMS,
     MERTON_MAX_POISSON_MEAN,
+    merton_max_poisson_mean,
     merton_norm_price,
     merton_poisson_tail,
     merton_price,
@@ -183,6 +184,26 @@ def test_truncation_rule():
     np.testing.assert_allclose(c64, c160, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="n_terms"):
         merton_norm_price(0.0, 1.0, 0.2, 1.0, 0.0, 0.1, 1, n_terms=0)
+
+
+def test_max_poisson_mean_inverts_the_tail():
+    """The covered Poisson mean solves P(N >= n_terms) = 1e-12: 22.69 for 64 terms (the constant), 42.3 for 96;
+    past it the 96-term price departs from a 200-term one by more than 1e-12, inside it not."""
+    covered = {n: merton_max_poisson_mean(n) for n in (32, 48, 64, 96, 128)}
+    np.testing.assert_allclose([covered[n] for n in (32, 48, 64, 96, 128)], [6.579, 14.014, 22.689, 42.286, 63.764],
+                               atol=1e-3)
+    assert MERTON_MAX_POISSON_MEAN <= covered[64] < MERTON_MAX_POISSON_MEAN + 0.01
+    for n, mean in covered.items():
+        assert merton_poisson_tail(n, mean) == pytest.approx(1e-12, rel=1e-9)
+    assert merton_max_poisson_mean(96, tail=1e-8) > covered[96]
+    cp = np.array([1.0, -1.0])
+    for lam, worst in ((41.0, 1e-12), (60.0, 1e-6)):  # tau 1, E[J] = exp(0.01 + 0.005): Lambda 41.6 and 60.9
+        c96 = merton_norm_price(0.0, 1.0, 0.2, lam, 0.01, 0.1, cp, n_terms=96).eval(mode=FAST)
+        c200 = merton_norm_price(0.0, 1.0, 0.2, lam, 0.01, 0.1, cp, n_terms=200).eval(mode=FAST)
+        assert (np.abs(c96 - c200).max() < worst) == (lam < 42.0)
+    for bad in ({"n_terms": 0}, {"n_terms": 2.5}, {"n_terms": 64, "tail": 0.0}, {"n_terms": 64, "tail": 1.0}):
+        with pytest.raises(ValueError, match="merton_max_poisson_mean"):
+            merton_max_poisson_mean(**bad)
 
 
 # ---------------------------------------------------------------------------------------------

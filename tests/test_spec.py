@@ -29,6 +29,26 @@ def test_prior_sets_load_with_rationale(path: Path):
     assert load_prior_set(path).to_dict() == prior_set.to_dict()
 
 
+@pytest.mark.parametrize("path", PRIOR_SETS, ids=lambda p: str(p.relative_to(REPO)))
+def test_prior_supports_match_the_models(path: Path):
+    """Each prior's support (the map sequential updating samples it through) lies in the support its model
+    declares: positive -> log or an interval in [0, inf), unit -> inside [0, 1], correlation and signed_unit ->
+    inside [-1, 1]."""
+    from bayescal.pricing_models import REGISTRY
+    from bayescal.priors import unconstrained_transform
+
+    prior_set = load_prior_set(path)
+    model = REGISTRY[prior_set.model]
+    for name, support in model.supports.items():
+        kind, lo, hi = unconstrained_transform(prior_set.priors[name])
+        allowed = {"positive": kind == "log" or (kind == "interval" and lo >= 0.0),
+                   "unit": kind == "interval" and 0.0 <= lo < hi <= 1.0,
+                   "correlation": kind == "interval" and -1.0 <= lo < hi <= 1.0,
+                   "signed_unit": kind == "interval" and -1.0 <= lo < hi <= 1.0,
+                   "real": True}[support]
+        assert allowed, (name, support, (kind, lo, hi))
+
+
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
 def test_specs_load_and_build(path: Path):
     spec = load_spec(path)

@@ -29,6 +29,7 @@ from bayescal.kernels.heston import heston_greeks, heston_log_cf, heston_log_mgf
 from bayescal.kernels.merton import (
     MERTON_DEFAULT_N_TERMS,
     MERTON_MAX_POISSON_MEAN,
+    merton_max_poisson_mean,
     merton_norm_price,
     merton_poisson_tail,
     merton_price,
@@ -84,6 +85,7 @@ __all__ = [
     "heston_price",
     "MERTON_DEFAULT_N_TERMS",
     "MERTON_MAX_POISSON_MEAN",
+    "merton_max_poisson_mean",
     "VG_DEFAULT_N_TERMS",
     "VG_DEFAULT_TRUNCATION_WIDTH",
     "SsviButterflyMargins",

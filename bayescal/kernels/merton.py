@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytensor.tensor as pt
+from scipy.optimize import brentq
 from scipy.special import gammainc, gammaln
 
 from bayescal.kernels.black import _check_constant, black76_norm_price
@@ -57,6 +58,7 @@ from bayescal.kernels.black import _check_constant, black76_norm_price
 __all__ = [
     "MERTON_DEFAULT_N_TERMS",
     "MERTON_MAX_POISSON_MEAN",
+    "merton_max_poisson_mean",
     "merton_norm_price",
     "merton_poisson_tail",
     "merton_price",
@@ -102,6 +104,37 @@ def merton_poisson_tail(n_terms, poisson_mean):
         raise ValueError("merton_poisson_tail: need n_terms >= 1 and poisson_mean >= 0")
     out = gammainc(n, mean)
     return out[()] if np.ndim(out) == 0 else out
+
+
+def merton_max_poisson_mean(n_terms, tail=1e-12):
+    """Largest Poisson mean whose tail beyond the series is at most ``tail``: what ``n_terms`` covers (numpy).
+
+    Solves ``P(Poisson(mean) >= n_terms) = tail`` (:func:`merton_poisson_tail`, increasing in the
+    mean) by Brent's method to a relative accuracy of 1e-12.
+
+    Parameters
+    ----------
+    n_terms : int
+        Number of series terms kept, ``>= 1``.
+    tail : float, default 1e-12
+        Truncation-error bound wanted (units of the forward for calls), in (0, 1).
+
+    Returns
+    -------
+    float
+        The Poisson mean (e.g. 22.68 for 64 terms, 42.3 for 96, 63.8 for 128).
+
+    Raises
+    ------
+    ValueError
+        If ``n_terms < 1`` or ``tail`` is not in (0, 1).
+    """
+    if isinstance(n_terms, bool) or not isinstance(n_terms, int | np.integer) or n_terms < 1:
+        raise ValueError(f"merton_max_poisson_mean: n_terms must be a positive integer; got {n_terms!r}")
+    if not 0.0 < tail < 1.0:
+        raise ValueError(f"merton_max_poisson_mean: tail must be in (0, 1); got {tail!r}")
+    hi = float(n_terms)  # P(N >= n) at mean n is about 1/2 > tail
+    return float(brentq(lambda mean: gammainc(n_terms, mean) - tail, 0.0, hi, rtol=1e-12))
 
 
 def _poisson_weights(poisson_mean, n):
