@@ -100,10 +100,12 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     Returns
     -------
     xarray.Dataset
-        Canonical quotes (:func:`bayescal.market.quotes.make_quotes`): half spread in IV
-        ``0.004 + 0.01 |z|`` (``z`` the strike in ATM standard deviations), mid IV the model IV plus
-        normal noise (see ``noise``). Quotes whose model price has no implied vol (far-wing
-        underflow) get no bid and no ask, so the filters report them (status ``no_bid``).
+        Canonical quotes (:func:`bayescal.market.quotes.make_quotes`) whose half spread in IV is
+        ``h = 0.004 + 0.01 |z|`` (``z`` the strike in ATM standard deviations) and whose mid IV, the
+        IV of the mid price that the likelihood observes, is the model IV plus normal noise (see
+        ``noise``): bid and ask vols are ``c -+ h`` with ``c`` from :func:`_spread_centre`. Quotes
+        whose model price has no implied vol (far-wing underflow) get no bid and no ask, so the
+        filters report them (status ``no_bid``).
     """
     pricing = get_pricing_model(model_key, **(settings or {}))
     n_exp = taus.size
@@ -123,7 +125,6 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
         sigma_obs, weight = noise
         sd = np.sqrt(np.broadcast_to(np.asarray(sigma_obs, float), (n_exp,))[idx] ** 2 + (weight * half) ** 2)
     mid = iv + rng.normal(0.0, sd)
-    bid_iv, ask_iv = mid - half, mid + half
     strike = FORWARD * np.exp(k)
     cp = np.where(k >= 0, 1, -1)
     expiry = [valuation + pd.Timedelta(seconds=round(t * 365 * 86400)) for t in tau]
@@ -132,6 +133,8 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
         "expiry": expiry, "strike": strike, "cp": cp, "forward": FORWARD, "discount_factor": 1.0,
     })
     args = (np.full(k.size, FORWARD), strike, tau, cp.astype(float), np.ones(k.size))
+    centre = _spread_centre(mid, half, args)
+    bid_iv, ask_iv = centre - half, centre + half
     with np.errstate(invalid="ignore"):
         frame["bid"] = prices_from_iv(np.where(bid_iv > 0, bid_iv, np.nan), *args)
         frame["ask"] = prices_from_iv(ask_iv, *args)
@@ -139,6 +142,27 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
                        fmt="simulated", premium_note="simulated", tau=tau,
                        bid_iv=np.where(np.isfinite(frame["bid"]), bid_iv, np.nan),
                        ask_iv=np.where(np.isfinite(frame["ask"]), ask_iv, np.nan))
+
+
+def _spread_centre(mid_iv: np.ndarray, half: np.ndarray, args: tuple) -> np.ndarray:
+    """IV ``c`` at which bid and ask vols ``c -+ half`` have a mid price whose IV is ``mid_iv``.
+
+    The likelihood observes the IV of the mid price. Centring the spread on ``mid_iv`` in IV instead
+    puts that IV up to 0.5 vol points above ``mid_iv`` in the wings, where out-of-the-money prices are
+    convex in the vol. Solved by bisection on ``[mid_iv - half, mid_iv + half]`` (the mid price rises
+    with ``c``; a vol at or below 0 prices the out-of-the-money quote at 0), 60 halvings.
+    """
+    def price(iv):
+        with np.errstate(invalid="ignore"):
+            return np.where(iv > 0, prices_from_iv(np.where(iv > 0, iv, np.nan), *args), 0.0)
+
+    target = price(mid_iv)
+    lo, hi = mid_iv - half, mid_iv + half
+    for _ in range(60):
+        c = 0.5 * (lo + hi)
+        above = 0.5 * (price(c - half) + price(c + half)) > target
+        lo, hi = np.where(above, lo, c), np.where(above, c, hi)
+    return 0.5 * (lo + hi)
 
 
 def prior_truth(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAUS) -> dict[str, dict[str, np.ndarray]]:
