@@ -106,6 +106,12 @@ def merton_poisson_tail(n_terms, poisson_mean):
     return out[()] if np.ndim(out) == 0 else out
 
 
+def _check_n_terms(n_terms, prefix=""):
+    """Raise ``ValueError`` (message starting with ``prefix``) unless ``n_terms`` is a positive integer."""
+    if isinstance(n_terms, bool) or not isinstance(n_terms, int | np.integer) or n_terms < 1:
+        raise ValueError(f"{prefix}n_terms must be a positive integer; got {n_terms!r}")
+
+
 def merton_max_poisson_mean(n_terms, tail=1e-12):
     """Largest Poisson mean whose tail beyond the series is at most ``tail``: what ``n_terms`` covers (numpy).
 
@@ -129,8 +135,7 @@ def merton_max_poisson_mean(n_terms, tail=1e-12):
     ValueError
         If ``n_terms < 1`` or ``tail`` is not in (0, 1).
     """
-    if isinstance(n_terms, bool) or not isinstance(n_terms, int | np.integer) or n_terms < 1:
-        raise ValueError(f"merton_max_poisson_mean: n_terms must be a positive integer; got {n_terms!r}")
+    _check_n_terms(n_terms, "merton_max_poisson_mean: ")
     if not 0.0 < tail < 1.0:
         raise ValueError(f"merton_max_poisson_mean: tail must be in (0, 1); got {tail!r}")
     hi = float(n_terms)  # P(N >= n) at mean n is about 1/2 > tail
@@ -210,8 +215,7 @@ def merton_norm_price(
     ----------
     [M76]_; [H98]_; Black-76 terms as in :mod:`bayescal.kernels.black`.
     """
-    if isinstance(n_terms, bool) or not isinstance(n_terms, int | np.integer) or n_terms < 1:
-        raise ValueError(f"n_terms must be a positive integer; got {n_terms!r}")
+    _check_n_terms(n_terms)
     _check_constant("tau", tau, lambda a: a >= 0.0, ">= 0")
     _check_constant("volatility", volatility, lambda a: a >= 0.0, ">= 0")
     _check_constant("jump_intensity", jump_intensity, lambda a: a >= 0.0, ">= 0")
