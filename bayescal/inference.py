@@ -10,6 +10,7 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -250,6 +251,50 @@ def _logp_dlogp(model: pm.Model, point: dict[str, np.ndarray], recipe: tuple | N
     return recipe_function((*recipe, "logp_dlogp", "raveled", layout), build, recipe_holds_shared_values=True)
 
 
+def _lbfgs_mode(model: pm.Model, recipe: tuple | None = None) -> tuple[Callable, Any]:
+    """L-BFGS-B on the negative log density (unconstrained space, exact gradient) from the model's
+    initial point (the priors' support points).
+
+    Returns ``(neg, opt)``: the objective ``x -> (-logp, -grad)`` on the raveled unconstrained vector
+    and scipy's ``OptimizeResult``. Raises :class:`CalibrationError` if the density is not finite
+    at the end point.
+    """
+    from pymc.blocking import DictToArrayBijection
+    from scipy.optimize import minimize
+
+    point = model.initial_point()
+    logp_dlogp = _logp_dlogp(model, point, recipe)
+
+    def neg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        logp, grad = logp_dlogp(x)
+        return -float(logp), -np.asarray(grad, dtype=float)
+
+    opt = minimize(neg, DictToArrayBijection.map(point).data, jac=True, method="L-BFGS-B",
+                   options={"maxiter": MAP_MAX_ITERATIONS})
+    if not np.isfinite(opt.fun):
+        raise CalibrationError(f"MAP: the log density is not finite at the optimiser's end point ({opt.message})")
+    return neg, opt
+
+
+def map_start(model: pm.Model, recipe: tuple | None = None) -> dict[str, np.ndarray]:
+    """The MAP of ``model`` (:func:`_lbfgs_mode`) as starting values of its free variables.
+
+    Returns
+    -------
+    dict
+        ``{free variable name: constrained value}``, the form :func:`fit`'s ``initvals`` take.
+    """
+    from pymc.blocking import DictToArrayBijection
+
+    point = model.initial_point()
+    _, opt = _lbfgs_mode(model, recipe)
+    unconstrained = DictToArrayBijection.rmap(DictToArrayBijection.map(point)._replace(data=opt.x))
+    free = {v.name for v in model.free_RVs}
+    outs = [v for v in model.unobserved_value_vars if v.name in free]  # the constrained values
+    values = model.compile_fn(outs, inputs=model.value_vars, on_unused_input="ignore", point_fn=False)(**unconstrained)
+    return {v.name: np.asarray(x) for v, x in zip(outs, values, strict=True)}
+
+
 def _fit_laplace(model: pm.Model, cfg: FitConfig, progressbar: bool, recipe: tuple | None = None) -> xr.DataTree:
     """MAP + Laplace in the unconstrained space: the Gaussian at the mode with the inverse Hessian.
 
@@ -266,26 +311,15 @@ def _fit_laplace(model: pm.Model, cfg: FitConfig, progressbar: bool, recipe: tup
     eigenvalues are floored and the draws are not a Laplace approximation) are listed in
     ``attrs["fit_problems"]``; :func:`fit` fails the gate on them.
     """
-    from pymc.blocking import DictToArrayBijection
     from pymc_extras.inference.laplace_approx.laplace import draws_from_laplace_approx
-    from scipy.optimize import minimize
 
-    point = model.initial_point()
-    x0 = DictToArrayBijection.map(point).data
-    logp_dlogp = _logp_dlogp(model, point, recipe)
-
-    def neg(x: np.ndarray) -> tuple[float, np.ndarray]:
-        logp, grad = logp_dlogp(x)
-        return -float(logp), -np.asarray(grad, dtype=float)
+    neg, opt = _lbfgs_mode(model, recipe)
+    x, value = opt.x, float(opt.fun)
 
     def neg_grad(x: np.ndarray) -> np.ndarray:
         return neg(x)[1]
 
     problems = []
-    opt = minimize(neg, x0, jac=True, method="L-BFGS-B", options={"maxiter": MAP_MAX_ITERATIONS})
-    x, value = opt.x, float(opt.fun)
-    if not np.isfinite(value):
-        raise CalibrationError(f"MAP: the log density is not finite at the optimiser's end point ({opt.message})")
     hess = _neg_log_density_hessian(neg_grad, x)
     for _ in range(MAP_NEWTON_STEPS):
         grad = neg_grad(x)
@@ -453,13 +487,16 @@ def fit(spec: CalibrationSpec, quotes: xr.Dataset, *, progressbar: bool = True,
         model = build_model(spec, used, fold_pricing=cfg.method != "nuts")
     free = [v.name for v in model.free_RVs]
     extra = {}
-    if cfg.method == "nuts" and initvals:
-        extra["initvals"] = _matching_initvals(model, initvals)
     pricing = get_pricing_model(spec.model, **spec.model_settings)
     if cfg.method in ("map", "nuts") and defined_in_bayescal(pricing, spec.likelihood):
         # everything build_model reads, so that compiled functions can be cached by it
         extra["recipe"] = ("model", spec.model, spec.model_settings, spec.prior_set, spec.likelihood, used)
     t0 = time.perf_counter()
+    if cfg.method == "nuts" and not initvals and cfg.init == "map":
+        with compilation():
+            initvals = map_start(model, extra.get("recipe"))
+    if cfg.method == "nuts" and initvals:
+        extra["initvals"] = _matching_initvals(model, initvals)
     with compilation():
         idata = _FITTERS[cfg.method](model, cfg, progressbar, **extra)
         t_fit = time.perf_counter() - t0

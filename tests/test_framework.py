@@ -108,6 +108,47 @@ def test_laplace_is_exact_on_a_gaussian_posterior():
     assert np.all(np.abs(np.cov(draws.T) - cov) < 0.05 * np.outer(sd, sd)), (np.cov(draws.T), cov)
 
 
+def test_map_start_is_the_mode_in_the_sampler_coordinates(monkeypatch):
+    """``map_start`` returns the unconstrained mode (Jacobians included) in constrained values: LogNormal(1, 0.5)
+    peaks at e in log space, Beta(2, 3) at 2/5 in log-odds space, and a conjugate normal mean at its
+    posterior mean; ``[fit] init = "map"`` hands that point to the NUTS sampler as its starting values."""
+    import pymc as pm
+
+    import bayescal.inference as inference
+
+    rng = np.random.default_rng(4)
+    y = rng.normal(1.3, 2.0, size=40)
+    with pm.Model() as model:
+        pm.LogNormal("a", 1.0, 0.5)
+        pm.Beta("b", 2.0, 3.0)
+        mu = pm.Normal("mu", 0.0, 5.0)
+        pm.Normal("y", mu=mu, sigma=2.0, observed=y)
+    start = inference.map_start(model)
+    assert set(start) == {"a", "b", "mu"}
+    np.testing.assert_allclose(start["a"], np.e, rtol=1e-5)
+    np.testing.assert_allclose(start["b"], 0.4, rtol=1e-5)
+    posterior_mean = y.sum() / 4.0 / (1 / 25.0 + y.size / 4.0)
+    np.testing.assert_allclose(start["mu"], posterior_mean, rtol=1e-4)  # L-BFGS-B stops at gradient 1e-5
+
+    seen = {}
+
+    def stop(model, cfg, progressbar, **extra):
+        seen.update(extra)
+        raise RuntimeError("stop before sampling")
+
+    monkeypatch.setitem(inference._FITTERS, "nuts", stop)
+    from bayescal.market.filters import filter_quotes, used_quotes
+
+    spec, chain = load_spec("black76").with_fit(init="map"), read_chain(bundled_demo_chain())
+    with pytest.raises(RuntimeError, match="stop before sampling"):
+        fit(spec, chain, progressbar=False)
+    built = inference.build_model(spec, used_quotes(filter_quotes(chain, spec.filters)))
+    expected = inference.map_start(built)
+    assert set(seen["initvals"]) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(seen["initvals"][name], value, rtol=1e-6)
+
+
 def test_laplace_hessian_by_differences_of_the_gradient():
     from bayescal.inference import _neg_log_density_hessian
 
@@ -411,18 +452,20 @@ def test_merton_series_wall():
 
 
 def test_jump_parameters_map_to_the_log_jump_size():
-    """Merton and Bates sample (intensity, variance rate, mean ratio); the kernels get mu_J, sigma_J back exactly.
+    """Merton and Bates derive the jumps' (intensity, variance rate, mean ratio); the kernels get mu_J, sigma_J
+    back exactly.
 
     The map inverts ``V = lambda (mu_J**2 + sigma_J**2)``, ``ratio = mu_J / sqrt(mu_J**2 + sigma_J**2)`` in numpy
-    and PyTensor alike; Merton's variance rate comes from (total volatility, jump share) and the split
-    adds up to the total; the built models store the kernel inputs as deterministics of the sampled
+    and PyTensor alike; Merton's variance rate comes from (total volatility, jump share), Bates' from (total
+    v0, total theta, jump share) under the smooth minimum, and the splits add up to the totals with positive
+    parts; the built models store the kernel inputs as deterministics of the sampled
     parameters, and a model whose kernel inputs are not its parameters refuses to simulate from them.
     """
     from pytensor.gradient import verify_grad
 
     from bayescal.inference import build_model, sample_prior
     from bayescal.market.filters import filter_quotes, used_quotes
-    from bayescal.pricing_models import lognormal_jump_sizes, merton_variance_split
+    from bayescal.pricing_models import bates_variance_split, lognormal_jump_sizes, merton_variance_split
     from bayescal.studies import DEFAULT_TAUS, simulated_chain
 
     rng = np.random.default_rng(5)
@@ -447,8 +490,23 @@ def test_jump_parameters_map_to_the_log_jump_size():
         verify_grad(lambda a, b, o=out: merton_variance_split(a, b)[o], [total[:5], share[:5]],
                     rng=rng, abs_tol=1e-7, rel_tol=1e-6)
 
+    total_v0, total_theta = rng.lognormal(-1.0, 0.7, 50), rng.lognormal(-1.0, 0.7, 50)
+    v0, theta, rate = bates_variance_split(total_v0, total_theta, share)
+    np.testing.assert_allclose((v0 + rate, theta + rate), (total_v0, total_theta), rtol=1e-13)
+    smooth_min = np.minimum(total_v0, total_theta) * (1.0 + np.minimum(total_v0, total_theta) ** 4
+                                                       / np.maximum(total_v0, total_theta) ** 4) ** -0.25
+    np.testing.assert_allclose(rate / smooth_min, share, rtol=1e-13)
+    assert np.all(v0 > 0) and np.all(theta > 0) and np.all(rate < np.minimum(total_v0, total_theta))
+    np.testing.assert_allclose(bates_variance_split(0.2, 0.2, 1.0), (0.2 - 0.2 / 2**0.25,) * 2 + (0.2 / 2**0.25,),
+                               rtol=1e-13)  # by hand: equal totals, all of the smooth minimum 2**(-1/4) 0.2
+    np.testing.assert_allclose(bates_variance_split(0.1, 1e3, 0.5), (0.05, 1e3 - 0.05, 0.05), rtol=1e-12)
+    for out in (0, 1, 2):
+        verify_grad(lambda a, b, c, o=out: bates_variance_split(a, b, c)[o], [total_v0[:5], total_theta[:5], share[:5]],
+                    rng=rng, abs_tol=1e-7, rel_tol=1e-6)
+
     flat = simulated_chain("black76", {"iv": np.full(DEFAULT_TAUS.size, 0.6)}, np.random.default_rng(0))
-    for key, derived in (("merton", ("volatility", "jump_variance_rate")), ("bates", ())):
+    for key, derived in (("merton", ("volatility", "jump_variance_rate")),
+                         ("bates", ("v0", "theta", "jump_variance_rate"))):
         spec = load_spec(key)
         pricing = get_pricing_model(key)
         assert {"jump_intensity", "jump_mean_ratio"} <= set(pricing.parameters)
@@ -459,11 +517,17 @@ def test_jump_parameters_map_to_the_log_jump_size():
         assert list(inputs) == list(pricing.kernel_inputs)
         for n in ("jump_log_mean", "jump_log_stdev"):
             np.testing.assert_allclose(prior[pricing.name(n)].to_numpy(), inputs[n], rtol=1e-10)
-        if derived:  # merton: stored, not sampled, and adding up to the sampled total
-            volatility, rate = (prior[pricing.name(n)].to_numpy() for n in derived)
-            assert not set(derived) & set(pricing.parameters)
-            np.testing.assert_allclose(volatility**2 + rate, sampled["total_volatility"] ** 2, rtol=1e-10)
-            np.testing.assert_allclose(inputs["volatility"], volatility, rtol=1e-10)
+        stored = {n: prior[pricing.name(n)].to_numpy() for n in derived}  # stored, not sampled, adding up
+        assert not set(derived) & set(pricing.parameters)
+        if key == "merton":
+            np.testing.assert_allclose(stored["volatility"] ** 2 + stored["jump_variance_rate"],
+                                       sampled["total_volatility"] ** 2, rtol=1e-10)
+            np.testing.assert_allclose(inputs["volatility"], stored["volatility"], rtol=1e-10)
+        else:
+            for n in ("v0", "theta"):
+                np.testing.assert_allclose(stored[n] + stored["jump_variance_rate"], sampled[f"total_{n}"], rtol=1e-10)
+                np.testing.assert_allclose(inputs[n], stored[n], rtol=1e-10)
+                assert np.all(stored[n] > 0)
         assert np.all(inputs["jump_log_stdev"] >= 0) and np.all(np.isfinite(inputs["jump_log_mean"]))
     with pytest.raises(SpecError, match=r"kernel input\(s\) \['theta'\]"):
         get_pricing_model("ssvi").input_values({"fwd_var": 0.3, "rho": 0.0, "eta": 1.0, "gamma": 0.4})

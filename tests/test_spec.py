@@ -66,7 +66,7 @@ def test_malformed_spec_lists_every_problem(tmp_path: Path):
         'schema_version = 2\nmodel = "hestonn"\npriors = "svi/crypto"\ncolour = "red"\n'
         '[likelihood]\nkind = "normal_iv"\nspread = 1\n'
         '[filters]\ntau_min = 3\n'
-        '[fit]\nchains = 0\ntarget_accept = 1.5\nmethod = "magic"\nadaptation = "dense"\n'
+        '[fit]\nchains = 0\ntarget_accept = 1.5\nmethod = "magic"\nadaptation = "dense"\ninit = "prior"\n'
     )
     with pytest.raises(SpecError) as info:
         load_spec(bad)
@@ -74,7 +74,7 @@ def test_malformed_spec_lists_every_problem(tmp_path: Path):
     for fragment in ("schema_version must be 1", "model 'hestonn' unknown", "unknown top-level key(s) ['colour']",
                      "unknown setting(s) ['spread']", "unknown filter setting(s) ['tau_min']",
                      "fit.chains must be a positive integer", "fit.target_accept must be in (0, 1)",
-                     "fit.method 'magic' unknown", "fit.adaptation 'dense' unknown"):
+                     "fit.method 'magic' unknown", "fit.adaptation 'dense' unknown", "fit.init 'prior' unknown"):
         assert fragment in message, fragment
 
 

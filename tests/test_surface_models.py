@@ -75,7 +75,11 @@ def test_btc_snapshot_fit_meets_the_gate(btc_fits, model: str):
     # through the first-order vega map jump_intensity and jump_log_stdev traded off (R-hat 1.014, ESS ~500).
     # With the low-rank mass matrix (the specs' adaptation since 2026-11-30): heston R-hat 1.0021, ESS 6646;
     # bates 1.0019, ESS 2518 (diagonal: 1006 and 595). Bates with the jumps sampled as (intensity, variance rate,
-    # mean ratio) and target_accept 0.95: R-hat 1.0014, ESS 3019, RMSE 1.350.
+    # mean ratio) and target_accept 0.95: R-hat 1.0014, ESS 3019, RMSE 1.350. That pass was a lucky seed: with
+    # random seeds 1 and 2 two chains of four sat in a minor mode of rare large crashes (0.054 jumps a year), in
+    # that parameterisation and in the totals-and-share one (R-hat 1.53-1.73). Bates with totals and share,
+    # started at the MAP (the spec since 2026-12-01): seeds 1, 2, 20251230 R-hat 1.0018, 1.0019, 1.0012, ESS
+    # 3802, 4135, 3792, RMSE 1.350, 1.349, 1.348.
     assert conv["status"] == "ok", conv["reasons"]
     assert conv["max_rhat"] <= 1.01
     assert conv["min_ess_bulk"] >= 400
