@@ -54,6 +54,10 @@ N_STRIKES = 15
 Z_RANGE = (-2.5, 2.0)
 FORWARD = 50_000.0
 VALUATION = pd.Timestamp("2026-01-01T08:00:00Z")
+#: Smallest bid a simulated quote keeps, in units of the forward: far below any exchange's tick (Deribit's
+#: is 1e-4 of the underlying on BTC and ETH options), above the surface kernels' absolute error (1.4e-11
+#: on a 1-year put at k = -1.45 with Heston rho 0.95, where the model price is 1e-11 and its IV is noise).
+MIN_BID = 1e-8
 
 
 def _model_iv(pricing: PricingModel, truth: dict[str, np.ndarray], k: np.ndarray, tau: np.ndarray,
@@ -104,8 +108,9 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
         ``h = 0.004 + 0.01 |z|`` (``z`` the strike in ATM standard deviations) and whose mid IV, the
         IV of the mid price that the likelihood observes, is the model IV plus normal noise (see
         ``noise``): bid and ask vols are ``c -+ h`` with ``c`` from :func:`_spread_centre`. Quotes
-        whose model price has no implied vol (far-wing underflow) get no bid and no ask, so the
-        filters report them (status ``no_bid``).
+        whose model price has no implied vol (far-wing underflow) get no bid and no ask, and quotes
+        whose bid is below :data:`MIN_BID` of the forward get no bid (no exchange quotes such a bid),
+        so the filters report them (status ``no_bid``).
     """
     pricing = get_pricing_model(model_key, **(settings or {}))
     n_exp = taus.size
@@ -136,7 +141,8 @@ def simulated_chain(model_key: str, truth: dict[str, np.ndarray], rng: np.random
     centre = _spread_centre(mid, half, args)
     bid_iv, ask_iv = centre - half, centre + half
     with np.errstate(invalid="ignore"):
-        frame["bid"] = prices_from_iv(np.where(bid_iv > 0, bid_iv, np.nan), *args)
+        bid = prices_from_iv(np.where(bid_iv > 0, bid_iv, np.nan), *args)
+        frame["bid"] = np.where(bid >= MIN_BID * FORWARD, bid, np.nan)
         frame["ask"] = prices_from_iv(ask_iv, *args)
     return make_quotes(frame, valuation_time=valuation, underlying="SIM", source=f"simulated {model_key}",
                        fmt="simulated", premium_note="simulated", tau=tau,
