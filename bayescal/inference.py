@@ -277,12 +277,28 @@ def _lbfgs_mode(model: pm.Model, recipe: tuple | None = None) -> tuple[Callable,
 
 
 def map_start(model: pm.Model, recipe: tuple | None = None) -> dict[str, np.ndarray]:
-    """The MAP of ``model`` (:func:`_lbfgs_mode`) as starting values of its free variables.
+    """The MAP of ``model`` as starting values of its free variables (``[fit] init = "map"``).
+
+    The mode of the log density NUTS samples (unconstrained coordinates, Jacobians of the transforms
+    included), found by L-BFGS-B from the priors' support points with the exact gradient, as the
+    first step of the ``map`` method (:func:`_lbfgs_mode`); L-BFGS-B's default tolerances.
+
+    Parameters
+    ----------
+    model : pymc.Model
+    recipe : tuple, optional
+        Cache key of the compiled log density (see :func:`fit`).
 
     Returns
     -------
     dict
-        ``{free variable name: constrained value}``, the form :func:`fit`'s ``initvals`` take.
+        ``{free variable name: constrained value}`` (arrays of the variables' shapes), the form
+        :func:`fit`'s ``initvals`` take.
+
+    Raises
+    ------
+    CalibrationError
+        If the log density is not finite at the optimiser's end point.
     """
     from pymc.blocking import DictToArrayBijection
 
