@@ -251,13 +251,13 @@ def _logp_dlogp(model: pm.Model, point: dict[str, np.ndarray], recipe: tuple | N
     return recipe_function((*recipe, "logp_dlogp", "raveled", layout), build, recipe_holds_shared_values=True)
 
 
-def _lbfgs_mode(model: pm.Model, recipe: tuple | None = None) -> tuple[Callable, Any]:
+def _lbfgs_mode(model: pm.Model, recipe: tuple | None = None) -> tuple[Callable, Any, dict[str, np.ndarray]]:
     """L-BFGS-B on the negative log density (unconstrained space, exact gradient) from the model's
     initial point (the priors' support points).
 
-    Returns ``(neg, opt)``: the objective ``x -> (-logp, -grad)`` on the raveled unconstrained vector
-    and scipy's ``OptimizeResult``. Raises :class:`CalibrationError` if the density is not finite
-    at the end point.
+    Returns ``(neg, opt, point)``: the objective ``x -> (-logp, -grad)`` on the raveled unconstrained
+    vector, scipy's ``OptimizeResult`` and the starting point (its layout maps ``opt.x`` back to names).
+    Raises :class:`CalibrationError` if the density is not finite at the end point.
     """
     from pymc.blocking import DictToArrayBijection
     from scipy.optimize import minimize
@@ -273,7 +273,7 @@ def _lbfgs_mode(model: pm.Model, recipe: tuple | None = None) -> tuple[Callable,
                    options={"maxiter": MAP_MAX_ITERATIONS})
     if not np.isfinite(opt.fun):
         raise CalibrationError(f"MAP: the log density is not finite at the optimiser's end point ({opt.message})")
-    return neg, opt
+    return neg, opt, point
 
 
 def map_start(model: pm.Model, recipe: tuple | None = None) -> dict[str, np.ndarray]:
@@ -302,8 +302,7 @@ def map_start(model: pm.Model, recipe: tuple | None = None) -> dict[str, np.ndar
     """
     from pymc.blocking import DictToArrayBijection
 
-    point = model.initial_point()
-    _, opt = _lbfgs_mode(model, recipe)
+    _, opt, point = _lbfgs_mode(model, recipe)
     unconstrained = DictToArrayBijection.rmap(DictToArrayBijection.map(point)._replace(data=opt.x))
     free = {v.name for v in model.free_RVs}
     outs = [v for v in model.unobserved_value_vars if v.name in free]  # the constrained values
@@ -329,7 +328,7 @@ def _fit_laplace(model: pm.Model, cfg: FitConfig, progressbar: bool, recipe: tup
     """
     from pymc_extras.inference.laplace_approx.laplace import draws_from_laplace_approx
 
-    neg, opt = _lbfgs_mode(model, recipe)
+    neg, opt, _ = _lbfgs_mode(model, recipe)
     x, value = opt.x, float(opt.fun)
 
     def neg_grad(x: np.ndarray) -> np.ndarray:
