@@ -120,20 +120,27 @@ def test_heston_reference_price_cases():
     assert np.median(np.abs(c - exact)[inside]) <= 1e-9
 
 
-def test_gradient_matches_finite_differences():
-    """d price / d parameters at 20 random points (numba), central differences, relative error <= 1e-6."""
+@pytest.mark.parametrize("model", ["heston", "bates"])
+def test_gradient_matches_finite_differences(model: str):
+    """d price / d parameters at 20 random points (numba), central differences, relative error <= 1e-6.
+
+    Heston goes through the numba grid op (:mod:`bayescal.kernels._heston_grid`, hand-derived
+    tangents), Bates through the generic graph (PyTensor's reverse mode).
+    """
     rng = np.random.default_rng(5)
+    names = HESTON + (JUMPS if model == "bates" else ())
+    surface_fn = heston_surface_norm_price if model == "heston" else bates_surface_norm_price
     par0 = random_case(rng, True)
     k, cp, idx, var_scale = chain(par0, rng, per_expiry=9)
     theta = pt.dvector("theta")
-    price = bates_surface_norm_price(k, cp, idx, TAUS, *(theta[i] for i in range(8)), var_scale=var_scale)
+    price = surface_fn(k, cp, idx, TAUS, *(theta[i] for i in range(len(names))), var_scale=var_scale)
     weights = rng.normal(size=k.size)
     objective = pt.dot(weights, price)
     fn = pytensor.function([theta], [objective, pt.grad(objective, theta)], mode="NUMBA")
     worst = 0.0
     for _ in range(20):
         par = random_case(rng, True)
-        x = np.array([par[n] for n in HESTON + JUMPS])
+        x = np.array([par[n] for n in names])
         _, grad = fn(x)
         for i in range(x.size):
             h = 1e-5 * max(abs(x[i]), 0.1)
@@ -143,6 +150,61 @@ def test_gradient_matches_finite_differences():
             fd = (fn(up)[0] - fn(dn)[0]) / (2 * h)
             worst = max(worst, abs(fd - grad[i]) / max(abs(grad[i]), 1e-3))
     assert worst <= 1e-6, worst
+
+
+def hard_heston_points(rng: np.random.Generator, n: int) -> list[tuple]:
+    """Fixed hard regimes (tiny and large xi, |rho| near 1, tiny kappa, Feller violated) plus random points."""
+    points = [(0.04, 1.5, 0.05, 0.6, -0.7), (0.3, 2.0, 0.35, 1.5, -0.3), (0.01, 0.05, 0.02, 1e-3, 0.0),
+              (0.5, 10.0, 0.3, 4.0, 0.95), (0.2, 0.3, 0.1, 2.5, -0.99), (0.001, 0.01, 0.5, 3.0, 0.99)]
+    while len(points) < n:
+        points.append((math.exp(rng.uniform(-6, 0)), math.exp(rng.uniform(-4, 3)), math.exp(rng.uniform(-6, 0)),
+                       math.exp(rng.uniform(-5, 1.5)), rng.uniform(-0.99, 0.99)))
+    return points
+
+
+def test_heston_grid_op_matches_the_graph():
+    """The numba grid op against ``exp(heston_log_mgf)`` differentiated by PyTensor, 30 points, 2 days to 10 years.
+
+    |M| <= 1 on the line Re a = 1/2, so the value check is absolute; the gradient is compared in
+    the direction of random cotangents. Measured when written: values 1.7e-15, gradients 4.4e-13
+    (relative).
+    """
+    from bayescal.kernels._heston_grid import heston_lewis_mgf_grid
+    from bayescal.kernels.heston import heston_log_mgf
+
+    rng = np.random.default_rng(17)
+    taus = np.concatenate([TAUS, [10.0]])
+    t, _ = lewis_nodes(0.05 * taus, 96)
+    params = [pt.dscalar(n) for n in HESTON]
+    ln_re, ln_im = heston_log_mgf((0.5 + 0.0 * t, t), pt.as_tensor_variable(taus)[:, None], *params)
+    mod = pt.exp(ln_re)
+    m_re, m_im = mod * pt.cos(ln_im), mod * pt.sin(ln_im)
+    c_re, c_im = pt.dmatrix("c_re"), pt.dmatrix("c_im")
+    objective = pt.sum(c_re * m_re + c_im * m_im)
+    graph = pytensor.function([*params, c_re, c_im], [m_re, m_im, *pt.grad(objective, params)], mode="NUMBA")
+    worst_value = worst_grad = 0.0
+    for point in hard_heston_points(rng, 30):
+        a, b = rng.standard_normal((2, *t.shape))
+        ref_re, ref_im, *ref_grad = graph(*point, a, b)
+        op_re, op_im, dm_re, dm_im = heston_lewis_mgf_grid(np.array(point), taus, t)
+        worst_value = max(worst_value, np.abs(op_re - ref_re).max(), np.abs(op_im - ref_im).max())
+        grad = np.array([np.sum(a * dm_re[i] + b * dm_im[i]) for i in range(5)])
+        ref_grad = np.array(ref_grad)
+        worst_grad = max(worst_grad, np.max(np.abs(grad - ref_grad) / np.maximum(np.abs(ref_grad), 1e-10)))
+    print("worst value", worst_value, "worst gradient", worst_grad)
+    assert worst_value <= 1e-13
+    assert worst_grad <= 1e-9
+
+
+def test_heston_grid_op_refuses_a_tau_gradient():
+    """The op's derivative in tau is not implemented: asking for it fails loudly, never returns a wrong 0."""
+    from pytensor.gradient import NullTypeGradError
+
+    tau = pt.dvector("tau")
+    price = heston_surface_norm_price(np.array([0.0, 0.1]), np.ones(2), np.array([0, 1]), tau, 0.04, 1.5, 0.05,
+                                      0.6, -0.7, var_scale=[0.01, 0.02])
+    with pytest.raises(NullTypeGradError, match="tau"):
+        pt.grad(price.sum(), tau)
 
 
 def test_c_backend_matches_numba():

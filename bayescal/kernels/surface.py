@@ -49,6 +49,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
+from bayescal.kernels._heston_grid import heston_lewis_mgf_grid_op
 from bayescal.kernels.bates import bates_log_mgf
 from bayescal.kernels.heston import heston_log_mgf
 
@@ -107,6 +108,7 @@ def surface_norm_price(
     *,
     var_scale,
     n_nodes: int = DEFAULT_SURFACE_NODES,
+    mgf_grid: Callable | None = None,
 ):
     """Undiscounted normalised prices ``C/(D F)`` of a surface from a log moment generating function.
 
@@ -130,6 +132,10 @@ def surface_norm_price(
         Reference total variance per expiry, sets the nodes (:func:`lewis_nodes`).
     n_nodes : int, default 96
         Nodes per expiry.
+    mgf_grid : callable, optional
+        ``mgf_grid(t, tau, *params) -> (re, im)`` of ``M(1/2 + i t)`` on the ``(n_expiry, n_nodes)``
+        node grid, a faster replacement of ``exp(log_mgf)`` (e.g.
+        :func:`bayescal.kernels._heston_grid.heston_lewis_mgf_grid_op`); ``log_mgf`` is then unused.
 
     Returns
     -------
@@ -152,9 +158,12 @@ def surface_norm_price(
         raise ValueError(f"expiry_idx must be integers in [0, {t.shape[0]}), got range [{idx.min()}, {idx.max()}]")
     tau = pt.as_tensor_variable(np.asarray(tau_expiry, dtype=float) if not isinstance(tau_expiry, Variable)
                                 else tau_expiry)
-    ln_re, ln_im = log_mgf((0.5 + 0.0 * t, t), tau[:, None], *params)
-    mod = pt.exp(ln_re)
-    m_re, m_im = mod * pt.cos(ln_im), mod * pt.sin(ln_im)  # (n_expiry, n_nodes)
+    if mgf_grid is not None:
+        m_re, m_im = mgf_grid(t, tau, *params)
+    else:
+        ln_re, ln_im = log_mgf((0.5 + 0.0 * t, t), tau[:, None], *params)
+        mod = pt.exp(ln_re)
+        m_re, m_im = mod * pt.cos(ln_im), mod * pt.sin(ln_im)  # (n_expiry, n_nodes)
     symbolic_k = isinstance(k, Variable)
     if not symbolic_k:
         k = np.asarray(k, dtype=float)
@@ -193,7 +202,10 @@ def heston_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, x
     """Heston (1993) surface prices ``C/(D F)`` on one node grid per expiry (calibration kernel).
 
     Parameters as :func:`surface_norm_price` for the surface, and as
-    :func:`bayescal.kernels.heston.heston_norm_price` for ``v0, kappa, theta, xi, rho`` (scalars).
+    :func:`bayescal.kernels.heston.heston_norm_price` for ``v0, kappa, theta, xi, rho``. With scalar
+    parameters the characteristic-function grid and its parameter gradient come from one vectorised
+    numba loop (:mod:`bayescal.kernels._heston_grid`; its derivative in ``tau_expiry`` is not
+    implemented); parameters that broadcast against the expiries use the generic graph.
 
     Returns
     -------
@@ -209,8 +221,12 @@ def heston_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, x
     [L01s]_; characteristic function of Albrecher et al. (2007), see
     :func:`bayescal.kernels.heston.heston_log_mgf`.
     """
-    return surface_norm_price(k, cp, expiry_idx, tau_expiry, heston_log_mgf, (v0, kappa, theta, xi, rho),
-                              var_scale=var_scale, n_nodes=n_nodes)
+    params = (v0, kappa, theta, xi, rho)
+    # scalar parameters (every calibration): the numba grid op, about 8x faster with its gradient;
+    # parameters broadcast per expiry (e.g. a batch of reference cases): the generic graph
+    scalar = all(pt.as_tensor_variable(x).type.ndim == 0 for x in params)
+    return surface_norm_price(k, cp, expiry_idx, tau_expiry, heston_log_mgf, params, var_scale=var_scale,
+                              n_nodes=n_nodes, mgf_grid=heston_lewis_mgf_grid_op if scalar else None)
 
 
 def bates_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, xi, rho, jump_intensity,
