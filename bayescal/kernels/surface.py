@@ -49,7 +49,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 
-from bayescal.kernels._heston_grid import heston_lewis_mgf_grid_op
+from bayescal.kernels._lewis_grid import lewis_mgf_grid_op
 from bayescal.kernels.bates import bates_log_mgf
 from bayescal.kernels.heston import heston_log_mgf
 
@@ -135,7 +135,7 @@ def surface_norm_price(
     mgf_grid : callable, optional
         ``mgf_grid(t, tau, *params) -> (re, im)`` of ``M(1/2 + i t)`` on the ``(n_expiry, n_nodes)``
         node grid, a faster replacement of ``exp(log_mgf)`` (e.g.
-        :func:`bayescal.kernels._heston_grid.heston_lewis_mgf_grid_op`); ``log_mgf`` is then unused.
+        :func:`bayescal.kernels._lewis_grid.lewis_mgf_grid_op`); ``log_mgf`` is then unused.
 
     Returns
     -------
@@ -204,8 +204,9 @@ def heston_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, x
     Parameters as :func:`surface_norm_price` for the surface, and as
     :func:`bayescal.kernels.heston.heston_norm_price` for ``v0, kappa, theta, xi, rho``. With scalar
     parameters the characteristic-function grid and its parameter gradient come from one vectorised
-    numba loop (:mod:`bayescal.kernels._heston_grid`; its derivative in ``tau_expiry`` is not
-    implemented); parameters that broadcast against the expiries use the generic graph.
+    numba loop (:mod:`bayescal.kernels._lewis_grid`; its derivative in ``tau_expiry`` is not
+    implemented); parameters that broadcast against the expiries use the generic graph (the same
+    values to 2e-15).
 
     Returns
     -------
@@ -222,11 +223,8 @@ def heston_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, x
     :func:`bayescal.kernels.heston.heston_log_mgf`.
     """
     params = (v0, kappa, theta, xi, rho)
-    # scalar parameters (every calibration): the numba grid op, about 8x faster with its gradient;
-    # parameters broadcast per expiry (e.g. a batch of reference cases): the generic graph
-    scalar = all(pt.as_tensor_variable(x).type.ndim == 0 for x in params)
     return surface_norm_price(k, cp, expiry_idx, tau_expiry, heston_log_mgf, params, var_scale=var_scale,
-                              n_nodes=n_nodes, mgf_grid=heston_lewis_mgf_grid_op if scalar else None)
+                              n_nodes=n_nodes, mgf_grid=_grid_op_if_scalar(params))
 
 
 def bates_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, xi, rho, jump_intensity,
@@ -235,7 +233,8 @@ def bates_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, xi
 
     Parameters as :func:`heston_surface_norm_price` plus the lognormal jumps of
     :func:`bayescal.kernels.bates.bates_norm_price` (``jump_intensity`` per year, ``jump_log_mean``,
-    ``jump_log_stdev`` of the log jump size).
+    ``jump_log_stdev`` of the log jump size). Scalar parameters use the numba grid op, as
+    :func:`heston_surface_norm_price`.
 
     Returns
     -------
@@ -250,6 +249,13 @@ def bates_surface_norm_price(k, cp, expiry_idx, tau_expiry, v0, kappa, theta, xi
     ----------
     [L01s]_; :func:`bayescal.kernels.bates.bates_log_mgf` (Bates 1996).
     """
-    return surface_norm_price(k, cp, expiry_idx, tau_expiry, bates_log_mgf,
-                              (v0, kappa, theta, xi, rho, jump_intensity, jump_log_mean, jump_log_stdev),
-                              var_scale=var_scale, n_nodes=n_nodes)
+    params = (v0, kappa, theta, xi, rho, jump_intensity, jump_log_mean, jump_log_stdev)
+    return surface_norm_price(k, cp, expiry_idx, tau_expiry, bates_log_mgf, params, var_scale=var_scale,
+                              n_nodes=n_nodes, mgf_grid=_grid_op_if_scalar(params))
+
+
+def _grid_op_if_scalar(params) -> Callable | None:
+    """The numba grid op for scalar parameters (every calibration; several times faster with its
+    gradient), ``None`` (the generic graph) for parameters that broadcast per expiry."""
+    scalar = all(pt.as_tensor_variable(x).type.ndim == 0 for x in params)
+    return lewis_mgf_grid_op if scalar else None

@@ -1,4 +1,4 @@
-"""Heston moment generating function on the surface kernel's node grid, with its parameter gradient.
+"""Heston and Bates moment generating functions on the surface kernel's node grid, with their gradient.
 
 :func:`bayescal.kernels.surface.heston_surface_norm_price` needs ``M(1/2 + i t) = E[exp(a X)]`` on an
 ``(n_expiry, n_nodes)`` grid and, for NUTS, its derivatives in ``(v0, kappa, theta, xi, rho)``. As a
@@ -17,6 +17,8 @@ the same quantities in one numba loop, about 50 ns per point (``benchmarks/bench
       d/dv0 = D,  d/dkappa = theta A + L_beta,  d/dtheta = kappa A,
       d/dxi = -rho a L_beta + 2 xi L_x,  d/drho = -xi a L_beta;
 
+* Bates adds the compensated lognormal jump term of :func:`bayescal.kernels.bates.bates_log_mgf`
+  ([B96g]_) and its three closed-form derivatives;
 * elementary functions from :mod:`bayescal.kernels._vecmath`, so the loop over nodes vectorises.
 
 The ``log1p(y)/y`` factor and its derivative switch to their Taylor series for ``|y| < 1e-3``
@@ -31,6 +33,8 @@ References
 ----------
 .. [AMST07] H. Albrecher, P. Mayer, W. Schoutens, J. Tistaert (2007), "The little Heston trap",
    Wilmott Magazine, January, 83-92.
+.. [B96g] D.S. Bates (1996), "Jumps and stochastic volatility: exchange rate processes implicit in
+   Deutsche Mark options", Review of Financial Studies 9(1), 69-107.
 """
 
 from __future__ import annotations
@@ -47,9 +51,8 @@ from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache
 
 from bayescal.kernels._vecmath import vatan2, vexp_parts, vlog, vsincos
 
-__all__ = ["HestonLewisGrid", "heston_lewis_mgf_grid", "heston_lewis_mgf_grid_op"]
+__all__ = ["LewisGrid", "lewis_mgf_grid", "lewis_mgf_grid_op"]
 
-N_PARAMS = 5
 _INL = {"inline": "always", "error_model": "numpy", "fastmath": {"contract"}}
 #: below this ``|y|`` the series of ``log1p(y)/y`` and of its derivative are used
 _SERIES_Y = 1e-3
@@ -188,14 +191,46 @@ def _point(t, tau, v0, kappa, theta, xi, rho):
             -rho * abr + 2.0 * xi * lxr, -rho * abi + 2.0 * xi * lxi, -xi * abr, -xi * abi)
 
 
+@numba.njit(**_INL)
+def _jump_point(t, tau, lam, mu, sig):
+    """Compensated lognormal jump term of ``ln M`` (Bates 1996) at ``a = 1/2 + i t`` and its derivatives.
+
+    ``lam tau [expm1(a mu + a**2 sig**2/2) - a expm1(mu + sig**2/2)]`` as
+    :func:`bayescal.kernels.bates.bates_log_mgf` (exponent's real part capped at 700); derivatives in
+    ``lam, mu, sig``: ``tau [.]``, ``lam tau a (e^z - E J)``, ``lam tau sig (a**2 e^z - a E J)``.
+    """
+    hv = 0.5 * sig * sig
+    a2r, a2i = 0.25 - t * t, t  # a**2
+    zr = min(mu * 0.5 + hv * a2r, 700.0)
+    zi = mu * t + hv * a2i
+    s2n, p = vexp_parts(zr)
+    ex = s2n + s2n * p
+    em1x = (s2n - 1.0) + s2n * p
+    sn, cs = vsincos(zi)
+    one_m_cos = sn * sn / (1.0 + cs) if cs > 0.0 else 1.0 - cs
+    ezr, ezi = ex * cs, ex * sn  # e^z
+    jr, ji = em1x * cs - one_m_cos, ezi  # expm1(z)
+    s2m, pm = vexp_parts(mu + hv)
+    mean_j = s2m + s2m * pm  # E[J]
+    mean_jm1 = (s2m - 1.0) + s2m * pm
+    lt = lam * tau
+    br, bi = jr - 0.5 * mean_jm1, ji - t * mean_jm1
+    # a (e^z - E J) and a**2 e^z - a E J
+    umr, umi = _cmul(0.5, t, ezr - mean_j, ezi)
+    a2er, a2ei = _cmul(a2r, a2i, ezr, ezi)
+    usr, usi = a2er - 0.5 * mean_j, a2ei - t * mean_j
+    return (lt * br, lt * bi, tau * br, tau * bi, lt * umr, lt * umi, lt * sig * usr, lt * sig * usi)
+
+
 @numba.njit(error_model="numpy", fastmath={"contract"}, cache=True)
-def heston_lewis_mgf_grid(params, tau, t):
-    """``M = E[exp(a X)]`` at ``a = 1/2 + i t`` on the node grid and ``dM/dparams`` (numba).
+def lewis_mgf_grid(params, tau, t):
+    """``M = E[exp(a X)]`` at ``a = 1/2 + i t`` on the node grid and ``dM/dparams`` (numba), Heston or Bates.
 
     Parameters
     ----------
-    params : ndarray, shape (5,)
-        ``v0, kappa, theta, xi, rho``.
+    params : ndarray, shape (5,) or (8,)
+        ``v0, kappa, theta, xi, rho`` (Heston), then ``jump_intensity, jump_log_mean,
+        jump_log_stdev`` (Bates).
     tau : ndarray, shape (n_expiry,)
         Time to expiry in years per grid row.
     t : ndarray, shape (n_expiry, n_nodes)
@@ -204,31 +239,39 @@ def heston_lewis_mgf_grid(params, tau, t):
     Returns
     -------
     m_re, m_im : ndarray, shape (n_expiry, n_nodes)
-    dm_re, dm_im : ndarray, shape (5, n_expiry, n_nodes)
-        Derivatives in ``v0, kappa, theta, xi, rho``.
+    dm_re, dm_im : ndarray, shape (n_params, n_expiry, n_nodes)
+        Derivatives in the parameters, in the order of ``params``.
     """
+    n_params = params.size
     v0, kappa, theta, xi, rho = params[0], params[1], params[2], params[3], params[4]
     n_exp, n_nodes = t.shape
     m_re = np.empty((n_exp, n_nodes))
     m_im = np.empty((n_exp, n_nodes))
-    dm_re = np.empty((N_PARAMS, n_exp, n_nodes))
-    dm_im = np.empty((N_PARAMS, n_exp, n_nodes))
+    dm_re = np.empty((n_params, n_exp, n_nodes))
+    dm_im = np.empty((n_params, n_exp, n_nodes))
+    # three branch-free passes over each row (a branch inside one loop would stop its vectorisation):
+    # ln M and d ln M of Heston, then the jump term's, then M = exp(ln M) and dM = M d ln M
     for e in range(n_exp):
         te = tau[e]
         for j in range(n_nodes):
-            (lmr, lmi, d0r, d0i, d1r, d1i, d2r, d2i, d3r, d3i, d4r, d4i) = _point(t[e, j], te, v0, kappa, theta,
-                                                                                  xi, rho)
-            s2n, p = vexp_parts(lmr)
+            (m_re[e, j], m_im[e, j], dm_re[0, e, j], dm_im[0, e, j], dm_re[1, e, j], dm_im[1, e, j],
+             dm_re[2, e, j], dm_im[2, e, j], dm_re[3, e, j], dm_im[3, e, j], dm_re[4, e, j],
+             dm_im[4, e, j]) = _point(t[e, j], te, v0, kappa, theta, xi, rho)
+        if n_params == 8:
+            lam, mu, sig = params[5], params[6], params[7]
+            for j in range(n_nodes):
+                jmr, jmi, dm_re[5, e, j], dm_im[5, e, j], dm_re[6, e, j], dm_im[6, e, j], dm_re[7, e, j], \
+                    dm_im[7, e, j] = _jump_point(t[e, j], te, lam, mu, sig)
+                m_re[e, j] += jmr
+                m_im[e, j] += jmi
+        for j in range(n_nodes):
+            s2n, p = vexp_parts(m_re[e, j])
             mod = s2n + s2n * p
-            sn, cs = vsincos(lmi)
-            mr, mi = mod * cs, mod * sn
-            m_re[e, j] = mr
-            m_im[e, j] = mi
-            dm_re[0, e, j], dm_im[0, e, j] = _cmul(mr, mi, d0r, d0i)
-            dm_re[1, e, j], dm_im[1, e, j] = _cmul(mr, mi, d1r, d1i)
-            dm_re[2, e, j], dm_im[2, e, j] = _cmul(mr, mi, d2r, d2i)
-            dm_re[3, e, j], dm_im[3, e, j] = _cmul(mr, mi, d3r, d3i)
-            dm_re[4, e, j], dm_im[4, e, j] = _cmul(mr, mi, d4r, d4i)
+            sn, cs = vsincos(m_im[e, j])
+            m_re[e, j], m_im[e, j] = mod * cs, mod * sn
+        for i in range(n_params):
+            for j in range(n_nodes):
+                dm_re[i, e, j], dm_im[i, e, j] = _cmul(m_re[e, j], m_im[e, j], dm_re[i, e, j], dm_im[i, e, j])
     return m_re, m_im, dm_re, dm_im
 
 
@@ -241,40 +284,49 @@ def _source_version() -> int:
     return int(hashlib.sha256(text).hexdigest()[:12], 16)
 
 
-class HestonLewisGrid(Op):
-    """PyTensor op: ``(params, tau, t) -> (m_re, m_im, dm_re, dm_im)`` of :func:`heston_lewis_mgf_grid`.
+class LewisGrid(Op):
+    """PyTensor op: ``(params, tau, t) -> (m_re, m_im, dm_re, dm_im)`` of :func:`lewis_mgf_grid`.
+
+    ``n_params``: 5 (Heston) or 8 (Bates).
 
     The pullback of ``(m_re, m_im)`` contracts ``dm`` with the cotangents (first order only); the
     gradient in ``tau`` is not implemented and ``t`` has none (constant nodes).
     """
 
-    __props__ = ()
+    __props__ = ("n_params",)
+
+    def __init__(self, n_params: int) -> None:
+        if n_params not in (5, 8):
+            raise ValueError(f"LewisGrid: n_params must be 5 (Heston) or 8 (Bates), got {n_params}")
+        self.n_params = int(n_params)
 
     def make_node(self, params, tau, t):
         params = pt.as_tensor_variable(params, dtype="float64")
         tau = pt.as_tensor_variable(tau, dtype="float64")
         t = pt.as_tensor_variable(t, dtype="float64")
         if params.type.ndim != 1 or tau.type.ndim != 1 or t.type.ndim != 2:
-            raise TypeError(f"HestonLewisGrid expects params (5,), tau (n,), t (n, m); got ndims "
+            raise TypeError(f"LewisGrid expects params ({self.n_params},), tau (n,), t (n, m); got ndims "
                             f"{params.type.ndim}, {tau.type.ndim}, {t.type.ndim}")
         grid = pt.tensor(dtype="float64", shape=t.type.shape)
-        jac = pt.tensor(dtype="float64", shape=(N_PARAMS, *t.type.shape))
+        jac = pt.tensor(dtype="float64", shape=(self.n_params, *t.type.shape))
         return Apply(self, [params, tau, t], [grid, grid.type(), jac, jac.type()])
 
     def perform(self, node, inputs, output_storage):
         params, tau, t = (np.ascontiguousarray(x, dtype=np.float64) for x in inputs)
-        for store, value in zip(output_storage, heston_lewis_mgf_grid(params, tau, t), strict=True):
+        if params.shape != (self.n_params,):
+            raise ValueError(f"LewisGrid: expected {self.n_params} parameters, got shape {params.shape}")
+        for store, value in zip(output_storage, lewis_mgf_grid(params, tau, t), strict=True):
             store[0] = value
 
     def infer_shape(self, fgraph, node, input_shapes):
         t_shape = tuple(input_shapes[2])
-        return [t_shape, t_shape, (N_PARAMS, *t_shape), (N_PARAMS, *t_shape)]
+        return [t_shape, t_shape, (self.n_params, *t_shape), (self.n_params, *t_shape)]
 
     def pullback(self, inputs, outputs, cotangents):
         params, tau, t = inputs
         g_re, g_im, g_dre, g_dim = cotangents
         if not (_disconnected(g_dre) and _disconnected(g_dim)):
-            grad_params = grad_not_implemented(self, 0, params, "second derivatives of the Heston grid")
+            grad_params = grad_not_implemented(self, 0, params, "second derivatives of the Lewis grid")
         else:
             grad_params = pt.zeros_like(params)
             if not _disconnected(g_re):
@@ -282,23 +334,20 @@ class HestonLewisGrid(Op):
             if not _disconnected(g_im):
                 grad_params = grad_params + pt.sum(outputs[3] * g_im[None], axis=(1, 2))
         return [grad_params,
-                grad_not_implemented(self, 1, tau, "the Heston grid's derivative in tau (data in calibration)"),
-                grad_undefined(self, 2, t, "the Heston grid's nodes are constants")]
+                grad_not_implemented(self, 1, tau, "the Lewis grid's derivative in tau (data in calibration)"),
+                grad_undefined(self, 2, t, "the Lewis grid's nodes are constants")]
 
 
 def _disconnected(x) -> bool:
     return isinstance(x.type, DisconnectedType)
 
 
-@register_funcify_default_op_cache_key(HestonLewisGrid)
-def _numba_heston_lewis_grid(op, node=None, **kwargs):
-    return heston_lewis_mgf_grid, _source_version()
+@register_funcify_default_op_cache_key(LewisGrid)
+def _numba_lewis_grid(op, node=None, **kwargs):
+    return lewis_mgf_grid, _source_version()
 
 
-_op = HestonLewisGrid()
-
-
-def heston_lewis_mgf_grid_op(t, tau, v0, kappa, theta, xi, rho):
+def lewis_mgf_grid_op(t, tau, *params):
     """``(re, im)`` of ``M(1/2 + i t)`` on the node grid as a differentiable PyTensor expression.
 
     Parameters
@@ -307,18 +356,25 @@ def heston_lewis_mgf_grid_op(t, tau, v0, kappa, theta, xi, rho):
         Constant nodes.
     tau : array_like or TensorVariable, shape (n_expiry,)
         Time to expiry in years.
-    v0, kappa, theta, xi, rho : scalar TensorVariable or float
-        Heston parameters (as :func:`bayescal.kernels.heston.heston_log_mgf`).
+    *params : scalar TensorVariable or float
+        Heston ``v0, kappa, theta, xi, rho`` (as :func:`bayescal.kernels.heston.heston_log_mgf`),
+        optionally followed by Bates' ``jump_intensity, jump_log_mean, jump_log_stdev`` (as
+        :func:`bayescal.kernels.bates.bates_log_mgf`).
 
     Returns
     -------
     tuple of TensorVariable, shape (n_expiry, n_nodes)
         Real and imaginary parts of ``M``.
 
+    Raises
+    ------
+    ValueError
+        If the number of parameters is not 5 or 8.
+
     References
     ----------
-    [AMST07]_; module docstring.
+    [AMST07]_, [B96g]_; module docstring.
     """
-    params = pt.stack([pt.as_tensor_variable(x, dtype="float64") for x in (v0, kappa, theta, xi, rho)])
-    m_re, m_im, _, _ = _op(params, tau, np.asarray(t, dtype=np.float64))
+    stacked = pt.stack([pt.as_tensor_variable(x, dtype="float64") for x in params])
+    m_re, m_im, _, _ = LewisGrid(len(params))(stacked, tau, np.asarray(t, dtype=np.float64))
     return m_re, m_im
