@@ -603,13 +603,23 @@ def sample_prior(model: pm.Model, draws: int, random_seed: int | None) -> xr.Dat
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1 (got {draws})")
-    names = [v.name for v in (*model.free_RVs, *model.deterministics)]
+    # Only the free variables are drawn, the deterministics computed from them afterwards: PyMC hands
+    # seeds to the random variables in the order it meets them in the graph of what it samples, so
+    # drawing the deterministics too would tie the draw of a seed to the pricing kernels' graphs.
+    names = [v.name for v in model.free_RVs]
+
+    def with_deterministics(prior: xr.Dataset) -> xr.Dataset:
+        if not model.deterministics:
+            return prior
+        return pm.compute_deterministics(prior.copy(), model=model, extend_dataset=True, progressbar=False)
+
     with model, compilation(), warnings.catch_warnings():
         # numba runs the truncated-normal prior sampler in object mode: slower, same draws
         warnings.filterwarnings("ignore", message="Numba will use object mode", category=UserWarning)
         warnings.filterwarnings("ignore", message="The effect of Potentials", category=UserWarning)
         if not model.potentials:
-            return pm.sample_prior_predictive(draws=draws, random_seed=random_seed)["prior"].to_dataset()
+            prior = pm.sample_prior_predictive(draws=draws, random_seed=random_seed, var_names=names)["prior"]
+            return with_deterministics(prior.to_dataset())
         log_h = pytensor.function(model.free_RVs, pt.add(*[pt.sum(p) for p in model.potentials]),
                                   on_unused_input="ignore")
         rng = np.random.default_rng(random_seed)
@@ -630,4 +640,4 @@ def sample_prior(model: pm.Model, draws: int, random_seed: int | None) -> xr.Dat
             accepted.append(prior.isel(draw=keep))
             n_accepted += keep.size
         out = xr.concat(accepted, dim="draw").isel(draw=slice(0, draws))
-        return out.assign_coords(draw=np.arange(draws))
+        return with_deterministics(out.assign_coords(draw=np.arange(draws)))

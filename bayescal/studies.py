@@ -187,8 +187,21 @@ def prior_truth(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAU
             "sigma_obs": prior["sigma_obs"].isel(chain=0, draw=0).to_numpy()}
 
 
-def recovery_run(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAUS) -> dict[str, Any]:
+def recovery_run(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TAUS,
+                 truth: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit one simulated chain whose truth is a prior draw; report coverage per parameter scalar.
+
+    Parameters
+    ----------
+    spec : CalibrationSpec
+        The calibration to study.
+    seed : int
+        Seed of the prior draw (:func:`prior_truth`), of the chain's noise and of the fit.
+    taus : ndarray, shape (n_expiry,)
+        Expiries of the simulated chain (years).
+    truth : dict, optional
+        A given truth in :func:`prior_truth`'s format (``parameters``, ``kernel_inputs``,
+        ``sigma_obs``) instead of the seed's prior draw: tests pin the draws they were written for.
 
     Returns
     -------
@@ -197,7 +210,11 @@ def recovery_run(spec: CalibrationSpec, seed: int, taus: np.ndarray = DEFAULT_TA
         ``{"name", "index", "truth", "lo", "hi", "inside"}`` for every scalar of every sampled
         parameter (central 94% interval).
     """
-    truth = prior_truth(spec, seed, taus)
+    if truth is None:
+        truth = prior_truth(spec, seed, taus)
+    truth = {"parameters": {n: np.asarray(v, dtype=float) for n, v in truth["parameters"].items()},
+             "kernel_inputs": {n: np.asarray(v, dtype=float) for n, v in truth["kernel_inputs"].items()},
+             "sigma_obs": np.asarray(truth["sigma_obs"], dtype=float)}
     rng = np.random.default_rng(10_000 + seed)
     chain = simulated_chain(spec.model, truth["kernel_inputs"], rng, taus, spec.model_settings,
                             noise=(truth["sigma_obs"], spec.likelihood.spread_weight))

@@ -549,3 +549,24 @@ def test_jump_parameters_map_to_the_log_jump_size():
         assert np.all(inputs["jump_log_stdev"] >= 0) and np.all(np.isfinite(inputs["jump_log_mean"]))
     with pytest.raises(SpecError, match=r"kernel input\(s\) \['theta'\]"):
         get_pricing_model("ssvi").input_values({"fwd_var": 0.3, "rho": 0.0, "eta": 1.0, "gamma": 0.4})
+
+
+def test_a_seeds_prior_draw_does_not_depend_on_the_pricing_graph(monkeypatch):
+    """PyMC seeds random variables in the order it meets them in the graph it samples: drawing the
+    deterministics (the surface prices) with them made a seed's draw change when a kernel's graph did
+    (Bates seed 2: xi 7.90 with the graph kernel, 0.56 with the numba grid op). sample_prior draws the
+    free variables alone and computes the deterministics afterwards."""
+    import bayescal.kernels.surface as surface
+    from bayescal.studies import prior_truth
+
+    spec = load_spec("bates")
+    with_op = prior_truth(spec, 2)
+    monkeypatch.setattr(surface, "_grid_op_if_scalar", lambda params: None)
+    with_graph = prior_truth(spec, 2)
+    for group in ("parameters", "kernel_inputs"):
+        for name, value in with_op[group].items():
+            np.testing.assert_array_equal(value, with_graph[group][name], err_msg=f"{group}.{name}")
+    np.testing.assert_array_equal(with_op["sigma_obs"], with_graph["sigma_obs"])
+    # deterministics are computed from the drawn free variables: v0 = total_v0 - jump variance rate
+    p, k = with_op["parameters"], with_op["kernel_inputs"]
+    assert 0 < k["v0"] < p["total_v0"] and 0 < k["theta"] < p["total_theta"]

@@ -7,6 +7,9 @@ checked on the 2025-12-30 Deribit BTC snapshot with the specs as shipped (4 chai
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +23,10 @@ from bayescal.spec import load_spec
 from bayescal.studies import recovery_run
 
 REAL_CHAIN_MODELS = ("svi", "ssvi", "heston", "bates")
+#: The prior draws these tests were written for (seeds 1, 6 and 2 of the 20-seed studies before
+#: sample_prior drew the free variables alone): pinned, so that the tests do not depend on how a seed maps
+#: to a prior draw.
+PINNED_TRUTHS = json.loads((Path(__file__).parent / "fixtures" / "recovery_truths.json").read_text())
 
 
 @pytest.mark.slow
@@ -28,7 +35,8 @@ def test_heston_recovery_of_a_prior_draw():
 
     With 5 parameters at 94%, at most one miss is expected by chance, and the fit must pass the gate.
     """
-    run = recovery_run(load_spec("heston").with_fit(draws=1000), 1)  # as the 20-seed study ran seed 1
+    run = recovery_run(load_spec("heston").with_fit(draws=1000), 1,  # as the 20-seed study ran seed 1
+                       truth=PINNED_TRUTHS["heston/1"])
     conv = run["convergence"]
     print(run)
     assert conv["status"] == "ok", conv["reasons"]
@@ -45,7 +53,7 @@ def test_merton_recovery_of_a_prior_draw():
     (truth: 4.9 small downward jumps a year carrying 14% of the variance; the 99% quantile of the intensity's
     posterior, 35-38 a year, is where the wall starts) converges with no divergence; a wall 70 times stiffer
     gave 13."""
-    run = recovery_run(load_spec("merton"), 6)
+    run = recovery_run(load_spec("merton"), 6, truth=PINNED_TRUTHS["merton/6"])
     conv = run["convergence"]
     print(run)
     assert conv["status"] == "ok", conv["reasons"]
@@ -62,7 +70,7 @@ def test_bates_recovery_of_a_prior_draw_that_traps_chains():
     (xi 7.9, rho 0.98, 9.2 jumps a year) whose posterior has a minor mode of rare large up-jumps (0.04 a year,
     kappa 51). Started at the support points, 3 of 4 chains sat in it (R-hat 1.53, 5 divergences); from the MAP
     every chain finds the truth (R-hat 1.0023, 0 divergences, 8/8 inside when measured)."""
-    run = recovery_run(load_spec("bates"), 2)
+    run = recovery_run(load_spec("bates"), 2, truth=PINNED_TRUTHS["bates/2"])
     conv = run["convergence"]
     print(run)
     assert conv["max_rhat"] <= 1.01 and conv["divergences"] == 0, conv
