@@ -80,6 +80,19 @@ def _csqrt(xr, xi):
 
 
 @numba.njit(**_INL)
+def _cexp_expm1(zr, zi):
+    """``exp(z)`` and ``expm1(z)`` (real/imag), the latter without cancellation near 0 (as
+    :func:`bayescal.kernels._complex.cexpm1`: ``Re = expm1(x) cos y - (1 - cos y)``)."""
+    s2n, p = vexp_parts(zr)
+    ex = s2n + s2n * p
+    em1x = (s2n - 1.0) + s2n * p
+    sn, cs = vsincos(zi)
+    # 1 - cos y = sin**2/(1 + cos) for cos > 0 (no cancellation near 0)
+    one_m_cos = sn * sn / (1.0 + cs) if cs > 0.0 else 1.0 - cs
+    return ex * cs, ex * sn, em1x * cs - one_m_cos, ex * sn
+
+
+@numba.njit(**_INL)
 def _log1p_real(u):
     """``log1p(u)`` for ``u > -1`` with full relative accuracy (Goldberg's correction)."""
     v = 1.0 + u
@@ -132,14 +145,8 @@ def _point(t, tau, v0, kappa, theta, xi, rho):
     gr, gi = x2 * gr, x2 * gi
     # e = exp(-tau d), ome = 1 - e = -expm1(-tau d) without cancellation
     zx, zy = -tau * dr, -tau * di
-    s2n, rp1 = vexp_parts(zx)
-    ex = s2n + s2n * rp1
-    em1x = (s2n - 1.0) + s2n * rp1
-    sn, cs = vsincos(zy)
-    # 1 - cos zy = sin**2/(1 + cos) for cos > 0 (no cancellation near 0)
-    one_m_cos = sn * sn / (1.0 + cs) if cs > 0.0 else 1.0 - cs
-    er, ei = ex * cs, ex * sn
-    omer, omei = -(em1x * cs - one_m_cos), -ei
+    er, ei, em1r, em1i = _cexp_expm1(zx, zy)
+    omer, omei = -em1r, -em1i
     ger, gei = _cmul(gr, gi, er, ei)
     idenr, ideni = _cinv(1.0 - ger, -gei)
     nr, ni = _cmul(rr, ri, omer, omei)  # r (1 - e)
@@ -203,13 +210,7 @@ def _jump_point(t, tau, lam, mu, sig):
     a2r, a2i = 0.25 - t * t, t  # a**2
     zr = min(mu * 0.5 + hv * a2r, 700.0)
     zi = mu * t + hv * a2i
-    s2n, p = vexp_parts(zr)
-    ex = s2n + s2n * p
-    em1x = (s2n - 1.0) + s2n * p
-    sn, cs = vsincos(zi)
-    one_m_cos = sn * sn / (1.0 + cs) if cs > 0.0 else 1.0 - cs
-    ezr, ezi = ex * cs, ex * sn  # e^z
-    jr, ji = em1x * cs - one_m_cos, ezi  # expm1(z)
+    ezr, ezi, jr, ji = _cexp_expm1(zr, zi)  # e^z, expm1(z)
     s2m, pm = vexp_parts(mu + hv)
     mean_j = s2m + s2m * pm  # E[J]
     mean_jm1 = (s2m - 1.0) + s2m * pm
